@@ -1,0 +1,35 @@
+# stover-outbox: every command people and CI run. `just --list` explains each recipe.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list
+
+# run the test suite (DATABASE_URL if set, else an embedded PostgreSQL)
+test *args:
+    python -m pytest {{args}}
+
+# run the suite against the machine's PostgreSQL and then the embedded one, as CI does
+test-both *args:
+    DATABASE_URL="${LOCAL_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}" python -m pytest {{args}}
+    env -u DATABASE_URL python -m pytest {{args}}
+
+# static checks: ruff lint, ruff format check, mypy strict
+lint:
+    ruff check outbox tests
+    ruff format --check outbox tests
+    mypy
+
+# format the code
+fmt:
+    ruff format outbox tests
+    ruff check --fix outbox tests
+
+# the demo: rows written, events captured, signed deliveries, retries, the audit trail
+demo *args:
+    outbox demo {{args}}
+
+# the benchmark scenarios (capture, deliver, peer, latency, backlog, isolation, soak, all)
+bench scenario="all" *args:
+    outbox bench {{scenario}} {{args}}

@@ -1,0 +1,104 @@
+"""Settings parsed once from the environment into a frozen object that is passed down."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from outbox.errors import ConfigError
+
+DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
+DEFAULT_TIMEOUT = 30.0
+EMBEDDED_PGDATA = Path(".outbox") / "pgdata"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program reads from its environment."""
+
+    database_url: str | None = None
+    retry_ladder: tuple[float, ...] = DEFAULT_LADDER
+    timeout: float = DEFAULT_TIMEOUT
+    allow_private_networks: bool = False
+    log_format: str = "console"
+    embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery stays invisible to other relays."""
+        return self.timeout + 15.0
+
+
+def parse_ladder(text: str) -> tuple[float, ...]:
+    """Parse `OUTBOX_RETRY_LADDER`: comma-separated, non-negative seconds, at least one rung."""
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or any(part == "" for part in parts):
+        raise ConfigError(
+            f"OUTBOX_RETRY_LADDER={text!r} is malformed: expected comma-separated seconds "
+            "such as 0,60,300,1800,7200"
+        )
+    rungs: list[float] = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(
+                f"OUTBOX_RETRY_LADDER={text!r} is malformed: {part!r} is not a number of seconds"
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(
+                f"OUTBOX_RETRY_LADDER={text!r} is malformed: {part!r} must be a finite "
+                "number of seconds, 0 or more"
+            )
+        rungs.append(value)
+    if len(rungs) > 100:
+        raise ConfigError(f"OUTBOX_RETRY_LADDER has {len(rungs)} rungs; at most 100 are allowed")
+    return tuple(rungs)
+
+
+def parse_timeout(text: str) -> float:
+    """Parse `OUTBOX_TIMEOUT`: positive seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"OUTBOX_TIMEOUT={text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"OUTBOX_TIMEOUT={text!r} must be a positive number of seconds")
+    return value
+
+
+def parse_flag(name: str, text: str) -> bool:
+    """Parse a boolean variable written as 1/0, true/false, yes/no or on/off."""
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={text!r} must be 1 or 0")
+
+
+def parse_log_format(text: str | None, *, isatty: bool) -> str:
+    """Parse `OUTBOX_LOG_FORMAT`, defaulting to console on a terminal and JSON elsewhere."""
+    if text is None or text == "":
+        return "console" if isatty else "json"
+    if text not in {"json", "console"}:
+        raise ConfigError(f"OUTBOX_LOG_FORMAT={text!r} must be json or console")
+    return text
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from the environment (or the mapping given), failing with one line."""
+    env = os.environ if environ is None else environ
+    return Settings(
+        database_url=env.get("DATABASE_URL") or None,
+        retry_ladder=parse_ladder(env.get("OUTBOX_RETRY_LADDER", "0,60,300,1800,7200")),
+        timeout=parse_timeout(env.get("OUTBOX_TIMEOUT", "30")),
+        allow_private_networks=parse_flag(
+            "OUTBOX_ALLOW_PRIVATE_NETWORKS", env.get("OUTBOX_ALLOW_PRIVATE_NETWORKS", "0")
+        ),
+        log_format=parse_log_format(env.get("OUTBOX_LOG_FORMAT"), isatty=sys.stderr.isatty()),
+    )

@@ -1,0 +1,239 @@
+-- The outbox: event types, events, endpoints, deliveries, attempts, and the relay wake-up flag.
+
+create schema if not exists outbox;
+
+-- Ids look like evt_0005f1c2d3e4a5b6c7d8e9f0a1b2: a microsecond clock in hex first, so new ids land on
+-- the right-hand edge of the primary-key index instead of splitting random pages, then random bits.
+create function outbox.new_id(prefix text) returns text
+language sql volatile parallel safe as $$
+    select prefix || '_'
+        || lpad(to_hex((extract(epoch from clock_timestamp()) * 1000000)::bigint), 14, '0')
+        || substr(md5(random()::text), 1, 12)
+$$;
+
+-- whsec_ + base64 of 32 bytes. gen_random_uuid() is the core server's strong random source; three
+-- of them (366 random bits) hashed with sha256 give 32 uniformly random bytes without pgcrypto.
+create function outbox.new_secret() returns text
+language sql volatile as $$
+    select 'whsec_' || encode(sha256(convert_to(
+        gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')),
+        'base64')
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Event types: the catalogue endpoints subscribe to. The 14 seed types are registered below;
+-- outbox.attach() and outbox.register_event_type() add the application's own.
+create table outbox.event_types (
+    name        text primary key
+                constraint event_type_name_format
+                check (name ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$'),
+    description text not null default '',
+    created_at  timestamptz not null default now()
+);
+
+insert into outbox.event_types (name, description) values
+    ('contact.created', 'New contact added'),
+    ('contact.updated', 'Contact information modified'),
+    ('contact.deleted', 'Contact removed'),
+    ('deal.created', 'New deal created'),
+    ('deal.updated', 'Deal information modified'),
+    ('deal.stage_changed', 'Deal moved to different stage'),
+    ('deal.closed_won', 'Deal marked as won'),
+    ('deal.closed_lost', 'Deal marked as lost'),
+    ('company.created', 'New company added'),
+    ('company.updated', 'Company information modified'),
+    ('post.published', 'Post successfully published'),
+    ('post.scheduled', 'Post scheduled for later'),
+    ('post.failed', 'Post failed to publish'),
+    ('attribution.tracked', 'New attribution event recorded');
+
+create function outbox.register_event_type(name text, description text default '')
+returns void language sql as $$
+    insert into outbox.event_types (name, description) values (name, description)
+    on conflict (name) do nothing
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+create table outbox.events (
+    id                  text primary key default outbox.new_id('evt'),
+    type                text not null,
+    created_at          timestamptz not null default now(),
+    data                jsonb not null,
+    previous_attributes jsonb
+);
+create index events_created_at_idx on outbox.events (created_at);
+create index events_type_created_at_idx on outbox.events (type, created_at);
+
+-- ---------------------------------------------------------------------------------------------
+create table outbox.endpoints (
+    id          text primary key default outbox.new_id('ep'),
+    url         text not null,
+    secret      text not null default outbox.new_secret()
+                constraint endpoint_secret_format
+                check (secret ~ '^whsec_[A-Za-z0-9+/]{32,}={0,2}$'),
+    event_types text[] not null,
+    enabled     boolean not null default true,
+    description text not null default '',
+    created_at  timestamptz not null default now(),
+    updated_at  timestamptz not null default now()
+);
+
+-- Reject bad endpoints where they are written, with messages a person can act on.
+create function outbox.check_endpoint() returns trigger
+language plpgsql as $$
+declare
+    pattern text;
+begin
+    if new.url !~* '^https?://[^/?#\s@]+(/\S*)?$' then
+        raise exception 'endpoint url % is not an absolute http(s) URL', quote_literal(new.url)
+            using errcode = 'check_violation',
+                  hint = 'Use a URL such as https://example.com/webhooks.';
+    end if;
+    if new.event_types is null or cardinality(new.event_types) = 0 then
+        raise exception 'endpoint must subscribe to at least one event type'
+            using errcode = 'check_violation',
+                  hint = 'Use ''*'' for every type, ''deal.*'' for a prefix, or exact types.';
+    end if;
+    foreach pattern in array new.event_types loop
+        if pattern is null or not exists (
+            select 1 from outbox.event_types t where outbox.type_matches(array[pattern], t.name)
+        ) then
+            raise exception 'event type % is not known and matches no known type',
+                    coalesce(quote_literal(pattern), 'NULL')
+                using errcode = 'check_violation',
+                      hint = 'List the types with: select name from outbox.event_types;';
+        end if;
+    end loop;
+    if tg_op = 'UPDATE' then
+        new.updated_at := now();
+    end if;
+    return new;
+end
+$$;
+
+-- Does any pattern (exact type, 'prefix.*' or '*') match this event type?
+create function outbox.type_matches(patterns text[], event_type text) returns boolean
+language sql immutable parallel safe as $$
+    select exists (
+        select 1 from unnest(patterns) p
+        where p = '*'
+           or p = event_type
+           or (p like '%.*' and starts_with(event_type, left(p, -1)))
+    )
+$$;
+
+create trigger endpoints_check
+    before insert or update of url, event_types on outbox.endpoints
+    for each row execute function outbox.check_endpoint();
+
+-- ---------------------------------------------------------------------------------------------
+create table outbox.deliveries (
+    id               bigint generated always as identity primary key,
+    event_id         text not null references outbox.events (id) on delete cascade,
+    endpoint_id      text not null references outbox.endpoints (id) on delete cascade,
+    status           text not null default 'pending'
+                     constraint delivery_status check (status in ('pending', 'delivered', 'failed')),
+    attempts         integer not null default 0,
+    -- For a pending delivery: when it is due. A relay that claims it pushes this forward by its
+    -- lease; the value it set is its lease token, so a relay whose lease expired cannot overwrite
+    -- the work of the relay that took the delivery over.
+    next_attempt_at  timestamptz default now(),
+    last_attempt_at  timestamptz,
+    last_status_code integer,
+    last_error       text,
+    delivered_at     timestamptz,
+    created_at       timestamptz not null default now()
+);
+
+-- The claim query's index: only pending rows, ordered by due time. Delivered and failed rows leave
+-- it, so it stays as small as the backlog.
+create index deliveries_due_idx on outbox.deliveries (next_attempt_at) where status = 'pending';
+create index deliveries_event_idx on outbox.deliveries (event_id);
+create index deliveries_endpoint_created_idx on outbox.deliveries (endpoint_id, created_at);
+
+-- The hot table sees an update per attempt: vacuum it far more eagerly than the defaults.
+alter table outbox.deliveries set (
+    autovacuum_vacuum_scale_factor = 0.0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_vacuum_insert_scale_factor = 0.0,
+    autovacuum_vacuum_insert_threshold = 10000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0,
+    fillfactor = 80
+);
+
+create table outbox.attempts (
+    delivery_id   bigint not null references outbox.deliveries (id) on delete cascade,
+    attempt       integer not null,
+    started_at    timestamptz not null,
+    duration_ms   double precision not null,
+    status_code   integer,
+    error         text,
+    response_body text,
+    primary key (delivery_id, attempt)
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Wake-up without NOTIFY in every business transaction. NOTIFY takes a database-wide lock at
+-- commit, so writers only send one while some relay has said it is idle and listening; a busy
+-- relay keeps claiming and needs no wake-up. A relay that died while idle stops counting once its
+-- heartbeat is older than a minute.
+create unlogged table outbox.relays (
+    id          text primary key,
+    idle        boolean not null default false,
+    heartbeat_at timestamptz not null default now()
+);
+
+create function outbox.wake_relays() returns void
+language plpgsql as $$
+begin
+    if exists (select 1 from outbox.relays
+               where idle and heartbeat_at > now() - interval '1 minute') then
+        perform pg_notify('outbox_due', '');
+    end if;
+end
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Fan-out: every new event gets one pending delivery, due now, per enabled endpoint whose
+-- event_types match. One statement-level trigger with a transition table serves triggers,
+-- outbox.emit() and any direct insert alike.
+create function outbox.fan_out() returns trigger
+language plpgsql as $$
+begin
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select e.id, ep.id
+    from new_events e
+    join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, e.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
+    return null;
+end
+$$;
+
+create trigger events_fan_out
+    after insert on outbox.events
+    referencing new table as new_events
+    for each statement execute function outbox.fan_out();
+
+-- Record an application-defined event inside the caller's transaction. Its type is registered on
+-- first use so endpoints can subscribe to it.
+create function outbox.emit(event_type text, data jsonb) returns text
+language plpgsql as $$
+declare
+    event_id text;
+begin
+    if event_type !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$' then
+        raise exception 'event type % must look like entity.action (lowercase, dot-separated)',
+                quote_literal(event_type)
+            using errcode = 'check_violation';
+    end if;
+    if data is null or jsonb_typeof(data) <> 'object' then
+        raise exception 'event data must be a JSON object' using errcode = 'check_violation';
+    end if;
+    perform outbox.register_event_type(event_type);
+    insert into outbox.events (type, data) values (event_type, data) returning id into event_id;
+    return event_id;
+end
+$$;
