@@ -134,6 +134,9 @@ create table outbox.deliveries (
     status           text not null default 'pending'
                      constraint delivery_status check (status in ('pending', 'delivered', 'failed')),
     attempts         integer not null default 0,
+    -- Attempts made before the current round of the retry ladder: 0 until an operator redelivers,
+    -- then the ladder starts again from its first rung while attempt numbers keep counting up.
+    ladder_start     integer not null default 0,
     -- For a pending delivery: when it is due. A relay that claims it pushes this forward by its
     -- lease; the value it set is its lease token, so a relay whose lease expired cannot overwrite
     -- the work of the relay that took the delivery over.
