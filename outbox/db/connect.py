@@ -49,7 +49,9 @@ def start_embedded(pgdata: Path, *, keep_running: bool = False) -> str:
     pgdata = pgdata.resolve()
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            pgdata, cleanup_mode=None if keep_running else "stop"
+        )
     except Exception as exc:  # pgserver raises bare subprocess and assertion errors
         raise OutboxError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     return str(server.get_uri())

@@ -1,0 +1,172 @@
+"""`outbox relay`: run the delivery relay until SIGTERM/SIGINT, or drain once with --once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+import structlog
+
+from outbox.config import Settings
+from outbox.db import connect, migrate
+from outbox.db.store import Store
+from outbox.errors import OutboxError
+from outbox.relay import USER_AGENT, Options, Relay, Tally
+from outbox.sender import Sender
+
+log = structlog.get_logger("outbox.relay")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def register(sub: Any) -> None:
+    defaults = Options()
+    parser = sub.add_parser(
+        "relay",
+        help="deliver due webhooks (run as a sidecar; any number may share a database)",
+        description="Claim due deliveries, sign and POST them, record every attempt. Stops "
+        "gracefully on SIGTERM/SIGINT: in-flight attempts finish (up to --grace seconds) and "
+        "the rest are handed back.",
+    )
+    parser.add_argument("--once", action="store_true", help="drain what is due now, then exit")
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.concurrency,
+        help=f"attempts in flight at once (default {defaults.concurrency})",
+    )
+    parser.add_argument(
+        "--per-endpoint",
+        type=_positive_int,
+        default=defaults.per_endpoint,
+        help=f"attempts in flight to one endpoint (default {defaults.per_endpoint})",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=defaults.batch,
+        help=f"deliveries claimed per query (default {defaults.batch})",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=defaults.poll_interval,
+        help=f"longest idle sleep without a wake-up, seconds (default {defaults.poll_interval})",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_positive_float,
+        default=defaults.grace,
+        help=f"seconds in-flight attempts get on shutdown (default {defaults.grace})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /healthz and Prometheus /metrics on this port",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    db = connect.resolve(settings)
+    todo = migrate.pending(db.url)
+    if todo:
+        raise OutboxError(
+            f"{len(todo)} migration(s) pending ({todo[0].path.name}…); run `outbox migrate` first"
+        )
+    options = Options(
+        concurrency=args.concurrency,
+        per_endpoint=min(args.per_endpoint, args.concurrency),
+        batch=min(args.batch, args.concurrency),
+        poll_interval=args.poll_interval,
+        grace=args.grace,
+    )
+    if args.once:
+        tally = asyncio.run(drain(db.url, settings, options))
+        print(json.dumps(tally.__dict__))
+        return 0
+    asyncio.run(serve(db.url, settings, options, metrics_port=args.metrics_port))
+    return 0
+
+
+async def drain(url: str, settings: Settings, options: Options) -> Tally:
+    """Send everything due now, batch after batch, then return what was done."""
+    store = Store(url)
+    await store.open()
+    total = Tally()
+    try:
+        async with _sender(settings, options) as sender:
+            relay = Relay(store, sender, settings, options)
+            while True:
+                tally = await relay.run_once()
+                if not tally.claimed:
+                    break
+                for name in ("claimed", "delivered", "retrying", "failed"):
+                    setattr(total, name, getattr(total, name) + getattr(tally, name))
+    finally:
+        await store.close()
+    return total
+
+
+async def serve(
+    url: str, settings: Settings, options: Options, *, metrics_port: int | None = None
+) -> None:
+    """Run the relay until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = Store(url)
+    try:
+        await asyncio.wait_for(store.open(), timeout=15)
+    except (TimeoutError, Exception) as exc:
+        raise OutboxError(f"cannot reach the database: {exc or type(exc).__name__}") from None
+    observer = None
+    server = None
+    if metrics_port is not None:
+        from outbox import metrics  # noqa: PLC0415 - only when asked for
+
+        observer = metrics.RelayMetrics()
+        server = await metrics.serve(metrics_port, url, observer)
+    try:
+        async with _sender(settings, options) as sender:
+            relay = Relay(store, sender, settings, options, observer=observer)
+            await relay.run(stop)
+    finally:
+        if server is not None:
+            await server.cleanup()
+        await store.close()
+    print("relay stopped", file=sys.stderr)
+
+
+def _sender(settings: Settings, options: Options) -> Sender:
+    return Sender(
+        timeout=settings.timeout,
+        allow_private_networks=settings.allow_private_networks,
+        max_connections=options.concurrency,
+        max_per_host=options.per_endpoint,
+        user_agent=USER_AGENT,
+    )

@@ -1,0 +1,141 @@
+"""The relay's database side: claim due deliveries, record outcomes, hand back leases, wake-ups."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from outbox.db.connect import with_timeout
+from outbox.sqlfiles import queries
+
+Q = queries("deliveries")
+WAKE_CHANNEL = "outbox_due"
+
+# Errors that mean "the database is unreachable or restarting": retried with backoff.
+TRANSIENT = (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this relay holds under lease, with what it needs to send it."""
+
+    delivery_id: int
+    attempts: int
+    ladder_start: int
+    lease: datetime
+    event_id: str
+    event_type: str
+    event_created_at: datetime
+    data_json: str
+    previous_json: str | None
+    endpoint_id: str
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The recorded outcome of one attempt."""
+
+    delivery_id: int
+    lease: datetime
+    attempt: int
+    status: str  # pending (will retry), delivered or failed
+    delay: float  # seconds until the next attempt when pending
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_body: str | None
+
+
+class Store:
+    """A small async connection pool and the relay's queries."""
+
+    def __init__(self, url: str, *, max_size: int = 4) -> None:
+        self.url = url
+        self.pool = AsyncConnectionPool(
+            with_timeout(url),
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=10.0,
+            reconnect_timeout=0,  # keep trying for ever: the relay outlives database restarts
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=10.0)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def claim(self, limit: int, lease: float, busy: Sequence[str] = ()) -> list[Claimed]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                Q["deliveries_claim"], {"limit": limit, "lease": lease, "busy": list(busy)}
+            )
+            rows = await cur.fetchall()
+        return [Claimed(*row) for row in rows]
+
+    async def complete(self, results: Sequence[Result]) -> None:
+        params: dict[str, list[Any]] = {
+            "ids": [r.delivery_id for r in results],
+            "leases": [r.lease for r in results],
+            "attempts": [r.attempt for r in results],
+            "statuses": [r.status for r in results],
+            "delays": [r.delay for r in results],
+            "started": [r.started_at for r in results],
+            "durations": [r.duration_ms for r in results],
+            "codes": [r.status_code for r in results],
+            "errors": [r.error for r in results],
+            "bodies": [r.response_body for r in results],
+        }
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["deliveries_complete"], params)
+
+    async def release(self, held: Sequence[Claimed]) -> None:
+        if not held:
+            return
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                Q["deliveries_release"],
+                {"ids": [c.delivery_id for c in held], "leases": [c.lease for c in held]},
+            )
+
+    async def disable_endpoints(self, endpoint_ids: Sequence[str]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["endpoints_disable_gone"], {"ids": list(endpoint_ids)})
+
+    async def next_due(self, busy: Sequence[str] = ()) -> float | None:
+        """Seconds until the next delivery is due (<= 0: due now); None when nothing is pending."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q["deliveries_next_due"], {"busy": list(busy)})
+            row = await cur.fetchone()
+        return None if row is None else float(row[0])
+
+    async def announce(self, relay_id: str, *, idle: bool) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["relay_announce"], {"id": relay_id, "idle": idle})
+
+    async def forget(self, relay_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["relay_forget"], {"id": relay_id})
+
+    async def vacuum(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["deliveries_vacuum"])
+
+
+async def listen(url: str) -> AsyncIterator[None]:
+    """Yield once per wake-up notification; raises when the connection is lost."""
+    conn = await psycopg.AsyncConnection.connect(with_timeout(url), autocommit=True)
+    async with conn:
+        await conn.execute("listen outbox_due")  # WAKE_CHANNEL
+        async for _ in conn.notifies():
+            yield

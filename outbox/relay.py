@@ -1,0 +1,395 @@
+"""The relay: claims due deliveries, sends them signed, and records every attempt's outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from outbox import __version__, payload, retry, signing
+from outbox.config import Settings
+from outbox.db.store import TRANSIENT, Claimed, Result, Store, listen
+from outbox.sender import Outcome, Sender
+
+log = structlog.get_logger("outbox.relay")
+USER_AGENT = f"Stover-Webhooks/{__version__}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """How hard one relay process works."""
+
+    concurrency: int = 200  # attempts in flight at once, across all endpoints
+    per_endpoint: int = 50  # attempts in flight at once to any one endpoint
+    batch: int = 100  # deliveries claimed per query
+    poll_interval: float = 1.0  # the longest an idle relay sleeps without a wake-up
+    grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
+
+
+@dataclass
+class Tally:
+    """What a stretch of relay work did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+    def add(self, result: Result) -> None:
+        self.claimed += 1
+        if result.status == "delivered":
+            self.delivered += 1
+        elif result.status == "failed":
+            self.failed += 1
+        else:
+            self.retrying += 1
+
+
+class Observer(Protocol):
+    """Receives every attempt's outcome (metrics hook into this)."""
+
+    def attempt(self, claimed: Claimed, result: Result, latency_s: float | None) -> None: ...
+
+
+def decide(
+    claimed: Claimed, outcome: Outcome, ladder: Sequence[float], now: datetime
+) -> tuple[str, float]:
+    """The delivery's status after this attempt, and the delay before the next one."""
+    if outcome.ok:
+        return "delivered", 0.0
+    made = claimed.attempts + 1 - claimed.ladder_start
+    retry_after = retry.parse_retry_after(outcome.retry_after, now)
+    delay = retry.next_delay(ladder, made, retry_after)
+    if delay is None:
+        return "failed", 0.0
+    return "pending", delay
+
+
+def _audit_text(body: bytes) -> str | None:
+    """The response body as text fit for a PostgreSQL column (no NUL), or None when empty."""
+    if not body:
+        return None
+    return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+def new_relay_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Flight:
+    """Book-keeping of the attempts currently in flight."""
+
+    held: dict[int, Claimed] = field(default_factory=dict)
+    per_endpoint: dict[str, int] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def busy_endpoints(self, cap: int) -> list[str]:
+        return [ep for ep, n in self.per_endpoint.items() if n >= cap]
+
+
+class Relay:
+    """One relay process's work loop. `run_once()` does one batch; `run()` runs until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        settings: Settings,
+        options: Options | None = None,
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.settings = settings
+        self.options = options or Options()
+        self.observer = observer
+        self.clock = clock
+        self.relay_id = new_relay_id()
+        self.tally = Tally()
+        self._flight = _Flight()
+        self._results: list[Result] = []
+        self._results_ready = asyncio.Event()
+        self._nudge = asyncio.Event()
+        self._gone: set[str] = set()
+        self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
+        self._bodies: dict[str, bytes] = {}
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def _body(self, c: Claimed) -> bytes:
+        body = self._bodies.get(c.event_id)
+        if body is None:
+            if len(self._bodies) > 4096:
+                self._bodies.clear()
+            body = payload.render_event(
+                c.event_id, c.event_type, c.event_created_at, c.data_json, c.previous_json
+            )
+            self._bodies[c.event_id] = body
+        return body
+
+    async def attempt(self, c: Claimed) -> Result:
+        """Send one delivery and work out its outcome (recording it is the caller's job)."""
+        number = c.attempts + 1
+        body = self._body(c)
+        started = self.clock()
+        headers = signing.delivery_headers(
+            secret=c.secret,
+            event_id=c.event_id,
+            event_type=c.event_type,
+            delivery_id=str(c.delivery_id),
+            attempt=number,
+            body=body,
+            timestamp=int(started.timestamp()),
+            user_agent=USER_AGENT,
+        )
+        outcome = await self.sender.send(c.url, body, headers)
+        status, delay = decide(c, outcome, self.settings.retry_ladder, self.clock())
+        result = Result(
+            delivery_id=c.delivery_id,
+            lease=c.lease,
+            attempt=number,
+            status=status,
+            delay=delay,
+            started_at=started,
+            duration_ms=outcome.duration_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            response_body=_audit_text(outcome.response_body),
+        )
+        if outcome.gone:
+            self._gone.add(c.endpoint_id)
+        self._report(c, result)
+        return result
+
+    def _report(self, c: Claimed, result: Result) -> None:
+        self.tally.add(result)
+        latency = None
+        if result.status == "delivered":
+            latency = (self.clock() - c.event_created_at).total_seconds()
+        if self.observer is not None:
+            self.observer.attempt(c, result, latency)
+        outcome = "retrying" if result.status == "pending" else result.status
+        log.info(
+            "attempt",
+            delivery_id=c.delivery_id,
+            event_id=c.event_id,
+            event_type=c.event_type,
+            endpoint_id=c.endpoint_id,
+            attempt=result.attempt,
+            outcome=outcome,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=round(result.duration_ms, 1),
+            next_attempt_in=result.delay if outcome == "retrying" else None,
+        )
+
+    # -- recording -----------------------------------------------------------------------------
+
+    async def _record(self, results: list[Result], *, deadline: float | None = None) -> None:
+        """Write outcomes, retrying through database outages (until `deadline`, if given)."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.store.complete(results)
+                if self._gone:
+                    gone, self._gone = sorted(self._gone), set()
+                    await self.store.disable_endpoints(gone)
+                    log.warning("endpoints disabled after 410 Gone", endpoint_ids=gone)
+            except TRANSIENT as exc:
+                if deadline is not None and time.monotonic() + backoff > deadline:
+                    log.error(
+                        "outcomes not recorded; their deliveries will be sent again",
+                        count=len(results),
+                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
+                    return
+                log.warning("database unavailable while recording; retrying", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                return
+
+    async def _recorder(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            batch, self._results = self._results, []
+            if batch:
+                await self._record(batch)
+
+    # -- one batch, for tests and `outbox relay --once` -------------------------------------------
+
+    async def run_once(self, limit: int | None = None) -> Tally:
+        """Claim one batch of due deliveries, send them all, record the outcomes."""
+        claimed = await self.store.claim(limit or self.options.batch, self.settings.lease_seconds)
+        results = await asyncio.gather(*(self.attempt(c) for c in claimed))
+        tally = Tally()
+        for result in results:
+            tally.add(result)
+        if results:
+            await self._record(list(results))
+        return tally
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _dispatch(self, claimed: list[Claimed]) -> list[Claimed]:
+        """Start an attempt task per claimed delivery; returns those over an endpoint's cap."""
+        overflow: list[Claimed] = []
+        flight = self._flight
+        for c in claimed:
+            count = flight.per_endpoint.get(c.endpoint_id, 0)
+            if count >= self.options.per_endpoint:
+                overflow.append(c)
+                continue
+            flight.per_endpoint[c.endpoint_id] = count + 1
+            flight.held[c.delivery_id] = c
+            task = asyncio.create_task(self._fly(c))
+            flight.tasks.add(task)
+            task.add_done_callback(flight.tasks.discard)
+        return overflow
+
+    async def _fly(self, c: Claimed) -> None:
+        try:
+            result = await self.attempt(c)
+            self._results.append(result)
+            self._results_ready.set()
+        except asyncio.CancelledError:
+            self._cut.append(c)
+            raise
+        finally:
+            flight = self._flight
+            del flight.held[c.delivery_id]
+            left = flight.per_endpoint[c.endpoint_id] - 1
+            if left:
+                flight.per_endpoint[c.endpoint_id] = left
+            else:
+                del flight.per_endpoint[c.endpoint_id]
+            self._nudge.set()
+
+    async def _listener(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                async for _ in listen(self.store.url):
+                    backoff = 0.2
+                    self._nudge.set()
+            except TRANSIENT as exc:
+                log.warning("wake-up connection lost; reconnecting", error=str(exc))
+                self._nudge.set()  # notifications may have been missed meanwhile
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _wait(self, seconds: float, stop: asyncio.Event) -> None:
+        if stop.is_set():
+            return
+        self._nudge.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._nudge.wait(), timeout=max(seconds, 0.0))
+
+    async def _step(self, stop: asyncio.Event, state: dict[str, float | bool]) -> None:
+        """One pass of the loop: claim what fits, or sleep until work is due or a wake-up."""
+        opts = self.options
+        room = opts.concurrency - len(self._flight.held)
+        if room <= 0:
+            await self._wait(opts.poll_interval, stop)
+            return
+        limit = min(opts.batch, room)
+        busy = self._flight.busy_endpoints(opts.per_endpoint)
+        claimed = await self.store.claim(limit, self.settings.lease_seconds, busy)
+        overflow = self._dispatch(claimed)
+        if overflow:
+            await self.store.release(overflow)
+        if len(claimed) == limit:
+            if state["idle"]:
+                # Saturated: stop asking writers for NOTIFYs; this relay is polling anyway.
+                await self.store.announce(self.relay_id, idle=False)
+                state["idle"] = False
+            return
+        if not state["idle"]:
+            # Say we are idle first, then look once more: a write that committed before the
+            # announcement is found by this claim, any later one sends a NOTIFY.
+            await self.store.announce(self.relay_id, idle=True)
+            state["idle"], state["announced"] = True, time.monotonic()
+            return
+        if time.monotonic() - float(state["announced"]) > 20.0:
+            await self.store.announce(self.relay_id, idle=True)
+            state["announced"] = time.monotonic()
+        if claimed:
+            return
+        due = await self.store.next_due(busy)
+        # Rows that look due but were not claimable are locked by another relay's claim for a
+        # moment; look again shortly rather than spin.
+        wait = opts.poll_interval if due is None else min(opts.poll_interval, max(due, 0.05))
+        await self._wait(wait, stop)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, then shut down gracefully."""
+        helpers = [
+            asyncio.create_task(self._listener()),
+            asyncio.create_task(self._recorder()),
+        ]
+        stop_waiter = asyncio.create_task(self._nudge_on(stop))
+        state: dict[str, float | bool] = {"idle": False, "announced": 0.0}
+        backoff = 0.2
+        log.info("relay started", relay_id=self.relay_id, **self._describe())
+        try:
+            while not stop.is_set():
+                try:
+                    await self._step(stop, state)
+                    backoff = 0.2
+                except TRANSIENT as exc:
+                    log.warning("database unavailable; retrying", error=str(exc), retry_in=backoff)
+                    state["idle"] = False
+                    await self._wait(backoff, stop)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            await self._shutdown([*helpers, stop_waiter])
+
+    async def _nudge_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._nudge.set()
+
+    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        flight = self._flight
+        deadline = time.monotonic() + self.options.grace
+        log.info("relay stopping", in_flight=len(flight.held), grace_s=self.options.grace)
+        if flight.tasks:
+            _, late = await asyncio.wait(set(flight.tasks), timeout=self.options.grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        held = self._cut + list(flight.held.values())
+        batch, self._results = self._results, []
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        if batch:
+            await self._record(batch, deadline=deadline + 5.0)
+        try:
+            await self.store.release(held)
+            await self.store.forget(self.relay_id)
+        except TRANSIENT as exc:
+            log.warning("could not hand back leases; they expire by themselves", error=str(exc))
+        log.info("relay stopped", released=len(held), **self.tally.__dict__)
+
+    def _describe(self) -> dict[str, object]:
+        o = self.options
+        return {
+            "concurrency": o.concurrency,
+            "per_endpoint": o.per_endpoint,
+            "batch": o.batch,
+            "ladder": list(self.settings.retry_ladder),
+            "timeout_s": self.settings.timeout,
+        }

@@ -1,0 +1,106 @@
+-- name: deliveries_claim
+-- Claim up to %(limit)s due deliveries of enabled endpoints under a lease. The lease is the
+-- delivery's own next_attempt_at pushed %(lease)s seconds ahead: a relay that dies leaves the row
+-- to come due again by itself, and the value it set doubles as the token its completion must match.
+--
+-- The MATERIALIZED CTE is a fence: it makes the planner pick and lock exactly LIMIT rows from the
+-- due index before the join with events and endpoints, instead of flattening the subquery and
+-- locking whatever rows the join happens to visit. Endpoints this relay already has at its
+-- per-endpoint cap are skipped (%(busy)s) so one slow receiver cannot soak up the batch.
+with due as materialized (
+    select d.id
+    from outbox.deliveries d
+    where d.status = 'pending'
+      and d.next_attempt_at <= now()
+      and d.endpoint_id <> all (%(busy)s::text[])
+      and exists (select 1 from outbox.endpoints ep where ep.id = d.endpoint_id and ep.enabled)
+    order by d.next_attempt_at
+    limit %(limit)s
+    for update of d skip locked
+)
+update outbox.deliveries d
+set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
+from due, outbox.events e, outbox.endpoints ep
+where d.id = due.id
+  and e.id = d.event_id
+  and ep.id = d.endpoint_id
+returning d.id, d.attempts, d.ladder_start, d.next_attempt_at,
+          e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
+          ep.id, ep.url, ep.secret;
+
+-- name: deliveries_complete
+-- Record a batch of attempt outcomes: the delivery's summary columns and one outbox.attempts row
+-- each, in one statement. A row whose lease token no longer matches was taken over by another
+-- relay after this one's lease ran out; its outcome is dropped, so the owner's record stands.
+with outcome as (
+    select *
+    from unnest(
+        %(ids)s::bigint[], %(leases)s::timestamptz[], %(attempts)s::integer[],
+        %(statuses)s::text[], %(delays)s::float8[], %(started)s::timestamptz[],
+        %(durations)s::float8[], %(codes)s::integer[], %(errors)s::text[], %(bodies)s::text[]
+    ) as o (id, lease, attempt, status, delay, started_at, duration_ms, status_code, error,
+            response_body)
+),
+recorded as (
+    update outbox.deliveries d
+    set status = o.status,
+        attempts = o.attempt,
+        next_attempt_at = case when o.status = 'pending'
+                               then now() + make_interval(secs => o.delay) end,
+        last_attempt_at = o.started_at,
+        last_status_code = o.status_code,
+        last_error = o.error,
+        delivered_at = case when o.status = 'delivered' then now() end
+    from outcome o
+    where d.id = o.id
+      and d.status = 'pending'
+      and d.next_attempt_at = o.lease
+    returning d.id
+)
+insert into outbox.attempts
+    (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
+select o.id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
+from outcome o
+join recorded r on r.id = o.id
+on conflict (delivery_id, attempt) do nothing;
+
+-- name: deliveries_release
+-- Hand leases back (graceful shutdown, or claimed beyond an endpoint's cap): due again now.
+update outbox.deliveries d
+set next_attempt_at = now()
+from unnest(%(ids)s::bigint[], %(leases)s::timestamptz[]) as r (id, lease)
+where d.id = r.id
+  and d.status = 'pending'
+  and d.next_attempt_at = r.lease;
+
+-- name: deliveries_next_due
+-- Seconds until the earliest pending delivery of an enabled endpoint comes due (negative when
+-- one is due now), for the idle relay's sleep; NULL when nothing is pending.
+select extract(epoch from d.next_attempt_at - now())::float8
+from outbox.deliveries d
+where d.status = 'pending'
+  and d.endpoint_id <> all (%(busy)s::text[])
+  and exists (select 1 from outbox.endpoints ep where ep.id = d.endpoint_id and ep.enabled)
+order by d.next_attempt_at
+limit 1;
+
+-- name: endpoints_disable_gone
+-- A 410 Gone answer means the receiver is gone for good (Standard Webhooks): stop sending.
+update outbox.endpoints
+set enabled = false,
+    description = case when description = '' then 'disabled: answered 410 Gone'
+                       else description end
+where id = any (%(ids)s::text[])
+  and enabled;
+
+-- name: relay_announce
+-- Say whether this relay is idle and listening; writers send a NOTIFY only while one is.
+insert into outbox.relays (id, idle, heartbeat_at)
+values (%(id)s, %(idle)s, now())
+on conflict (id) do update set idle = excluded.idle, heartbeat_at = excluded.heartbeat_at;
+
+-- name: relay_forget
+delete from outbox.relays where id = %(id)s;
+
+-- name: deliveries_vacuum
+vacuum (analyze false) outbox.deliveries;
