@@ -9,8 +9,17 @@ create function outbox.capture_insert() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
     -- tg_argv[0]: the event type, e.g. contact.created
-    insert into outbox.events (type, data)
-    select tg_argv[0], to_jsonb(r) from new_rows r;
+    with ev as (
+        insert into outbox.events (type, data)
+        select tg_argv[0], to_jsonb(r) from new_rows r
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
@@ -19,8 +28,17 @@ create function outbox.capture_delete() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
     -- tg_argv[0]: the event type, e.g. contact.deleted; data is the row as it was
-    insert into outbox.events (type, data)
-    select tg_argv[0], to_jsonb(r) from old_rows r;
+    with ev as (
+        insert into outbox.events (type, data)
+        select tg_argv[0], to_jsonb(r) from old_rows r
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
@@ -32,18 +50,27 @@ create function outbox.capture_update() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
     -- tg_argv[0]: the event type, e.g. contact.updated; tg_argv[1]: the primary-key column
-    insert into outbox.events (type, data, previous_attributes)
-    select tg_argv[0], c.new_row, c.previous
-    from (
-        select n.j as new_row,
-               (select jsonb_object_agg(was.key, was.value)
-                from jsonb_each(o.j) was
-                where was.value is distinct from n.j -> was.key) as previous
-        from (select to_jsonb(r) as j from new_rows r) n
-        join (select to_jsonb(r) as j from old_rows r) o
-          on n.j -> tg_argv[1] = o.j -> tg_argv[1]
-    ) c
-    where c.previous is not null;
+    with ev as (
+        insert into outbox.events (type, data, previous_attributes)
+        select tg_argv[0], c.new_row, c.previous
+        from (
+            select n.j as new_row,
+                   (select jsonb_object_agg(was.key, was.value)
+                    from jsonb_each(o.j) was
+                    where was.value is distinct from n.j -> was.key) as previous
+            from (select to_jsonb(r) as j from new_rows r) n
+            join (select to_jsonb(r) as j from old_rows r) o
+              on n.j -> tg_argv[1] = o.j -> tg_argv[1]
+        ) c
+        where c.previous is not null
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
@@ -59,9 +86,14 @@ language plpgsql as $$
 declare
     pk_columns text[];
     tbl text := target::text;
-    base text := replace(replace(target::text, '"', ''), '.', '_');
+    base text;
     action text;
 begin
+    -- Trigger names come from the catalog, not from target::text, whose schema prefix depends on
+    -- the caller's search_path: a second attach() must find and replace the same triggers.
+    select n.nspname || '_' || c.relname into base
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.oid = target;
     if entity !~ '^[a-z][a-z0-9_]*$' then
         raise exception 'entity % must be lowercase letters, digits and underscores',
                 quote_literal(entity)

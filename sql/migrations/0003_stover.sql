@@ -113,26 +113,35 @@ create trigger outbox_stover_attribution_events_created
 create function outbox.capture_deal_update() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
-    insert into outbox.events (type, data, previous_attributes)
-    select t.type, c.new_row, c.previous
-    from (
-        select n.j as new_row,
-               (select jsonb_object_agg(was.key, was.value)
-                from jsonb_each(o.j) was
-                where was.value is distinct from n.j -> was.key) as previous
-        from (select to_jsonb(r) as j from new_rows r) n
-        join (select to_jsonb(r) as j from old_rows r) o on n.j -> 'id' = o.j -> 'id'
-    ) c
-    cross join lateral (
-        select 'deal.updated' as type, 1 as ord
-        union all
-        select 'deal.stage_changed', 2 where c.previous ? 'stage'
-        union all
-        select 'deal.' || (c.new_row ->> 'stage'), 3
-        where c.previous ? 'stage' and c.new_row ->> 'stage' in ('closed_won', 'closed_lost')
-    ) t
-    where c.previous is not null
-    order by c.new_row -> 'id', t.ord;
+    with ev as (
+        insert into outbox.events (type, data, previous_attributes)
+        select t.type, c.new_row, c.previous
+        from (
+            select n.j as new_row,
+                   (select jsonb_object_agg(was.key, was.value)
+                    from jsonb_each(o.j) was
+                    where was.value is distinct from n.j -> was.key) as previous
+            from (select to_jsonb(r) as j from new_rows r) n
+            join (select to_jsonb(r) as j from old_rows r) o on n.j -> 'id' = o.j -> 'id'
+        ) c
+        cross join lateral (
+            select 'deal.updated' as type, 1 as ord
+            union all
+            select 'deal.stage_changed', 2 where c.previous ? 'stage'
+            union all
+            select 'deal.' || (c.new_row ->> 'stage'), 3
+            where c.previous ? 'stage' and c.new_row ->> 'stage' in ('closed_won', 'closed_lost')
+        ) t
+        where c.previous is not null
+        order by c.new_row -> 'id', t.ord
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
@@ -147,10 +156,19 @@ create trigger outbox_stover_deals_updated
 create function outbox.capture_post_insert() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
-    insert into outbox.events (type, data)
-    select 'post.' || r.status, to_jsonb(r)
-    from new_rows r
-    where r.status in ('scheduled', 'published', 'failed');
+    with ev as (
+        insert into outbox.events (type, data)
+        select 'post.' || r.status, to_jsonb(r)
+        from new_rows r
+        where r.status in ('scheduled', 'published', 'failed')
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
@@ -158,18 +176,27 @@ $$;
 create function outbox.capture_post_update() returns trigger
 language plpgsql set timezone to 'UTC' as $$
 begin
-    insert into outbox.events (type, data, previous_attributes)
-    select 'post.' || (c.new_row ->> 'status'), c.new_row, c.previous
-    from (
-        select n.j as new_row,
-               (select jsonb_object_agg(was.key, was.value)
-                from jsonb_each(o.j) was
-                where was.value is distinct from n.j -> was.key) as previous
-        from (select to_jsonb(r) as j from new_rows r) n
-        join (select to_jsonb(r) as j from old_rows r) o on n.j -> 'id' = o.j -> 'id'
-    ) c
-    where c.previous ? 'status'
-      and c.new_row ->> 'status' in ('scheduled', 'published', 'failed');
+    with ev as (
+        insert into outbox.events (type, data, previous_attributes)
+        select 'post.' || (c.new_row ->> 'status'), c.new_row, c.previous
+        from (
+            select n.j as new_row,
+                   (select jsonb_object_agg(was.key, was.value)
+                    from jsonb_each(o.j) was
+                    where was.value is distinct from n.j -> was.key) as previous
+            from (select to_jsonb(r) as j from new_rows r) n
+            join (select to_jsonb(r) as j from old_rows r) o on n.j -> 'id' = o.j -> 'id'
+        ) c
+        where c.previous ? 'status'
+          and c.new_row ->> 'status' in ('scheduled', 'published', 'failed')
+        returning id, type
+    )
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+    if found then
+        perform outbox.wake_relays();
+    end if;
     return null;
 end
 $$;
