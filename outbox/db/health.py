@@ -1,0 +1,71 @@
+"""What /metrics and /healthz read from the database: the backlog and the schema's state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+from outbox.db.connect import with_timeout
+from outbox.db.migrate import Migration
+from outbox.sqlfiles import queries
+
+Q = queries("metrics")
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The deliveries still to send, as the gauges show them."""
+
+    pending: int
+    due: int
+    oldest_due_age_s: float
+
+
+async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(with_timeout(url), autocommit=True)
+
+
+async def backlog(url: str) -> Backlog | None:
+    """Count pending and due deliveries and age the oldest due one; None if the database fails."""
+    try:
+        async with await _connect(url) as conn:
+            cur = await conn.execute(Q["backlog_measure"])
+            row = await cur.fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return Backlog(0, 0, 0.0)
+    return Backlog(int(row[0]), int(row[1]), float(row[2]))
+
+
+async def readiness(url: str, migrations: Sequence[Migration]) -> str | None:
+    """None when the database answers and has exactly `migrations` applied; else why not."""
+    try:
+        async with await _connect(url) as conn:
+            cur = await conn.execute(Q["migrations_applied"])
+            applied = {int(version): str(checksum) for version, checksum in await cur.fetchall()}
+    except errors.UndefinedTable:
+        return "schema not migrated: run `outbox migrate`"
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"database unreachable: {first}"
+    return compare(applied, migrations)
+
+
+def compare(applied: dict[int, str], migrations: Sequence[Migration]) -> str | None:
+    """Why the applied versions and checksums differ from the migration files, or None."""
+    known = {m.version: m for m in migrations}
+    pending = [m.path.name for m in migrations if m.version not in applied]
+    if pending:
+        return f"{len(pending)} migration(s) pending ({pending[0]}…): run `outbox migrate`"
+    unknown = sorted(set(applied) - set(known))
+    if unknown:
+        return f"the database has migration {unknown[0]:04d} this version does not know"
+    edited = [m.path.name for m in migrations if applied[m.version] != m.checksum]
+    if edited:
+        return f"migration {edited[0]} differs from the one applied"
+    return None

@@ -1,0 +1,136 @@
+"""Prometheus /metrics and the /healthz readiness probe of `outbox relay --metrics-port`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from outbox.db import health
+from outbox.db.migrate import Migration, available
+from outbox.db.store import Claimed, Result
+from outbox.errors import OutboxError
+
+# A probe or scrape that takes longer than this reports the database as down rather than hang
+# the orchestrator's health check.
+CHECK_TIMEOUT = 3.0
+OUTCOMES = ("delivered", "retrying", "failed")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Commit-to-delivery spans retries, so the buckets reach the seed ladder's hours.
+LATENCY_BUCKETS = (
+    *(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    *(60.0, 300.0, 1800.0, 7200.0, 21600.0),
+)
+
+
+class RelayMetrics:
+    """The relay's Observer: counts and times every attempt, and holds the backlog gauges."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.attempts = Counter(
+            "outbox_attempts", "Delivery attempts by outcome.", ["outcome"], registry=r
+        )
+        for outcome in OUTCOMES:
+            self.attempts.labels(outcome)  # export zeros from the start
+        self.attempt_duration = Histogram(
+            "outbox_attempt_duration_seconds",
+            "Time from sending a delivery to its answer (or failure).",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "outbox_delivery_latency_seconds",
+            "Time from an event's creation in its writer's transaction to its successful "
+            "delivery, retries included.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "outbox_deliveries_pending", "Deliveries not yet delivered or failed.", registry=r
+        )
+        self.due = Gauge(
+            "outbox_deliveries_due", "Pending deliveries due now for enabled endpoints.", registry=r
+        )
+        self.oldest_due_age = Gauge(
+            "outbox_oldest_due_age_seconds",
+            "How long the oldest due delivery has been waiting (0 when none is due).",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "outbox_database_up", "1 when the last scrape could read the database.", registry=r
+        )
+
+    def attempt(self, claimed: Claimed, result: Result, latency_s: float | None) -> None:
+        outcome = "retrying" if result.status == "pending" else result.status
+        self.attempts.labels(outcome).inc()
+        self.attempt_duration.observe(result.duration_ms / 1000.0)
+        if latency_s is not None:
+            self.delivery_latency.observe(max(latency_s, 0.0))
+
+    def show_backlog(self, backlog: health.Backlog | None) -> None:
+        """Set the gauges from a fresh reading; NaN when the database could not be read."""
+        self.database_up.set(0.0 if backlog is None else 1.0)
+        nan = float("nan")
+        self.pending.set(nan if backlog is None else backlog.pending)
+        self.due.set(nan if backlog is None else backlog.due)
+        self.oldest_due_age.set(nan if backlog is None else backlog.oldest_due_age_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def check(url: str, migrations: list[Migration]) -> str | None:
+    """None when ready; else why not (unreachable, behind on migrations, or too slow)."""
+    try:
+        return await asyncio.wait_for(health.readiness(url, migrations), CHECK_TIMEOUT)
+    except TimeoutError:
+        return f"database did not answer within {CHECK_TIMEOUT:g}s"
+
+
+def make_app(url: str, observer: RelayMetrics) -> web.Application:
+    """`GET /metrics` (Prometheus text format) and `GET /healthz` (200 ready, 503 and why not)."""
+    migrations = available()
+
+    async def metrics(_: web.Request) -> web.Response:
+        try:
+            backlog = await asyncio.wait_for(health.backlog(url), CHECK_TIMEOUT)
+        except TimeoutError:
+            backlog = None
+        observer.show_backlog(backlog)
+        return web.Response(
+            body=observer.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        reason = await check(url, migrations)
+        if reason is None:
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text=reason + "\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(
+    port: int,
+    url: str,
+    observer: RelayMetrics,
+    *,
+    host: str = "0.0.0.0",  # noqa: S104 - a sidecar's metrics are scraped from other hosts
+) -> web.AppRunner:
+    """Start serving /metrics and /healthz on host:port; the caller cleans the runner up."""
+    runner = web.AppRunner(make_app(url, observer), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OutboxError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    return runner
