@@ -120,6 +120,7 @@ class Relay:
         self.tally = Tally()
         self._flight = _Flight()
         self._results: list[Result] = []
+        self._recording: list[Result] = []  # the batch the recorder is writing right now
         self._results_ready = asyncio.Event()
         self._nudge = asyncio.Event()
         self._gone: set[str] = set()
@@ -227,7 +228,9 @@ class Relay:
             self._results_ready.clear()
             batch, self._results = self._results, []
             if batch:
+                self._recording = batch
                 await self._record(batch)
+                self._recording = []
 
     # -- one batch, for tests and `outbox relay --once` -------------------------------------------
 
@@ -371,10 +374,12 @@ class Relay:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         held = self._cut + list(flight.held.values())
-        batch, self._results = self._results, []
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        # Cancelling the recorder may cut off its write: that batch is written again with the
+        # rest. Writing an outcome twice is harmless, as its lease token no longer matches.
+        batch, self._results = self._recording + self._results, []
         if batch:
             await self._record(batch, deadline=deadline + 5.0)
         try:
