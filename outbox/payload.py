@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import NoReturn
 
 # The seed's Node.js receiver signs `JSON.stringify(JSON.parse(body))`, so the body must already be
@@ -103,8 +104,8 @@ def js_string(value: str) -> str:
 def js_number(text: str) -> str:
     """A JSON number's text as JavaScript writes the number it parses to.
 
-    Integer literals beyond 2**53, and decimals beyond the double range, keep their exact digits:
-    JavaScript cannot hold them, and changing them would change the data.
+    Integer literals that JavaScript would round, and decimals beyond the double range, keep their
+    exact digits: JavaScript cannot hold them, and changing them would change the data.
     """
     if _INTEGER_RE.fullmatch(text):
         return _integer_text(text)
@@ -114,9 +115,17 @@ def js_number(text: str) -> str:
 
 
 def _integer_text(text: str) -> str:
-    # Up to 2**53 JavaScript writes a canonical integer literal back unchanged, except -0; beyond
-    # it JavaScript would round, and the exact digits are kept instead.
-    return "0" if text == "-0" else text
+    # Below 10**15 JavaScript writes a canonical integer literal back unchanged, except -0. Beyond,
+    # JavaScript's text is used when it spells exactly the same number (jsonb stores 1e21 as
+    # 1000000000000000000000, which JavaScript writes 1e+21); where it would round, the exact
+    # digits are kept instead.
+    if len(text) < 16:
+        return "0" if text == "-0" else text
+    number = float(text)
+    if math.isinf(number):
+        return text
+    written = _double_text(number)
+    return written if Decimal(written) == Decimal(text) else text
 
 
 def _decimal_text(text: str) -> str:
