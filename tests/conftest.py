@@ -19,13 +19,19 @@ TEMPLATE = "outbox_test_template"
 _counter = itertools.count()
 
 
+# The embedded server's data lives in the checkout, not under pytest's temporary folders: pytest
+# prunes old basetemp folders at the start of every session, which would pull the data directory
+# from under a server that another session is still using.
+EMBEDDED_PGDATA = Path(__file__).resolve().parent.parent / ".outbox" / "test-pgdata"
+
+
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url() -> str:
     """Admin connection string of the PostgreSQL server the suite runs against."""
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    return connect.start_embedded(tmp_path_factory.mktemp("embedded") / "pgdata")
+    return connect.start_embedded(EMBEDDED_PGDATA)
 
 
 def _db_url(server_url: str, name: str) -> str:
