@@ -167,6 +167,8 @@ def _sender(settings: Settings, options: Options) -> Sender:
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
         max_connections=options.concurrency,
-        max_per_host=options.per_endpoint,
+        # The relay caps attempts per endpoint itself. A per-host cap as low as that would let
+        # one hanging endpoint take every connection to a host it shares with healthy ones.
+        max_per_host=options.concurrency,
         user_agent=USER_AGENT,
     )
