@@ -141,7 +141,7 @@ def is_enabled(conn: psycopg.Connection[Any], endpoint: Endpoint) -> bool:
 
 
 def _one_id(conn: psycopg.Connection[Any], query: str, params: Sequence[object]) -> int:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row[0])
 
