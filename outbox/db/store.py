@@ -66,7 +66,10 @@ class Store:
             kwargs={"autocommit": True},
             open=False,
             timeout=10.0,
-            reconnect_timeout=0,  # keep trying for ever: the relay outlives database restarts
+            # A lost connection is re-made with backoff (1 s, 2 s, 4 s, ...) for up to a minute;
+            # past that, the next request for a connection starts trying again. (0 would give up
+            # after one failed try, leaving requests to wait out `timeout` after every restart.)
+            reconnect_timeout=60.0,
         )
 
     async def open(self) -> None:
