@@ -160,7 +160,7 @@ class Demo:
                 timeout=settings.timeout,
                 allow_private_networks=True,
                 max_connections=RELAY_OPTIONS.concurrency,
-                max_per_host=RELAY_OPTIONS.per_endpoint,
+                max_per_host=RELAY_OPTIONS.concurrency,  # the relay caps per endpoint itself
                 user_agent=USER_AGENT,
             ) as sender:
                 relay = Relay(store, sender, settings, RELAY_OPTIONS)
