@@ -1,0 +1,609 @@
+"""The sender against real servers on 127.0.0.1: what receivers get and how each answer is told."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_reqrep import ConnectionKey
+
+from outbox import sender as sender_module
+from outbox.sender import BlockedAddressError, GuardedResolver, Outcome, Sender
+
+HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "Stover-Webhooks/test",
+    "X-Stover-Signature": "sha256=00",
+    "X-Stover-Attempt": "1",
+}
+BODY = '{"id":"evt_1","data":{"name":"Zoë","amount":1000.5}}'.encode()
+STREAM_CHUNK = b"x" * 8192
+
+
+@dataclass
+class Receiver:
+    """An aiohttp.web receiver recording what it got; `url(path)` addresses it."""
+
+    base: str = ""
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    transports: set[object] = field(default_factory=set)
+    landing_hits: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    stream_ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def record(self, request: web.Request) -> None:
+        self.transports.add(request.transport)
+        self.received.append((request.path, dict(request.headers), await request.read()))
+
+    async def ok(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        return web.Response(text="thanks")
+
+    async def status(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        code = int(request.match_info["code"])
+        headers = {"Retry-After": "120"} if code in {429, 503, 500} else {}
+        return web.Response(status=code, text=f"status {code}", headers=headers)
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        return web.Response(status=302, headers={"Location": "/landing"})
+
+    async def landing(self, request: web.Request) -> web.Response:
+        self.landing_hits += 1
+        return web.Response(text="landed")
+
+    async def big(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        return web.Response(body=bytes(range(256)) * 40)  # 10240 bytes, with Content-Length
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for piece in (b"part one, ", b"part two"):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for _ in range(100_000):  # ~800 MB: far beyond any cap, yet bounded
+                await response.write(STREAM_CHUNK)
+        except ConnectionError:
+            pass
+        finally:
+            self.stream_ended.set()
+        return response
+
+    async def stall_body(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
+        response = web.StreamResponse()
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b"first ten!")
+        await self.release.wait()
+        return response
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/ok", rec.ok)
+    app.router.add_post("/status/{code}", rec.status)
+    app.router.add_post("/redirect", rec.redirect)
+    app.router.add_route("*", "/landing", rec.landing)
+    app.router.add_post("/big", rec.big)
+    app.router.add_post("/chunked", rec.chunked)
+    app.router.add_post("/endless", rec.endless)
+    app.router.add_post("/stall-body", rec.stall_body)
+    runner = web.AppRunner(app, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    rec.base = f"http://127.0.0.1:{port}"
+    yield rec
+    rec.release.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[Sender]:
+    async with Sender(
+        timeout=10.0, allow_private_networks=True, user_agent="Stover-Webhooks/default"
+    ) as s:
+        yield s
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class RawServer:
+    """A plain TCP server on loopback that counts the connections it accepts."""
+
+    port: int
+    connections: int = 0
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    handler: Handler, host: str = "127.0.0.1", family: int = socket.AF_INET
+) -> AsyncIterator[RawServer]:
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accept, host, 0, family=family)
+    info = RawServer(port=server.sockets[0].getsockname()[1])
+    try:
+        yield info
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.Event().wait()  # cancelled when the server shuts down
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await writer.drain()
+
+
+async def answer_anything(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(1024)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+
+
+async def send_json(sender: Sender, url: str) -> Outcome:
+    return await sender.send(url, BODY, HEADERS)
+
+
+async def test_a_2xx_answer_is_success_and_the_receiver_gets_body_and_headers_exactly(
+    sender: Sender, receiver: Receiver
+) -> None:
+    outcome = await send_json(sender, receiver.url("/ok"))
+
+    assert outcome.ok
+    assert outcome.status_code == 200
+    assert outcome.error is None
+    assert outcome.response_body == b"thanks"
+    assert outcome.duration_ms > 0
+    assert outcome.retry_after is None
+    assert not outcome.gone
+    [(path, headers, body)] = receiver.received
+    assert path == "/ok"
+    assert body == BODY
+    sent = {name.lower(): value for name, value in HEADERS.items()}
+    added_by_http = {"host", "content-length"}
+    assert {name.lower() for name in headers} == set(sent) | added_by_http
+    for name, value in headers.items():
+        if name.lower() in sent:
+            assert value == sent[name.lower()]
+    assert headers["Content-Length"] == str(len(BODY))
+
+
+async def test_no_accept_or_encoding_headers_are_added(sender: Sender, receiver: Receiver) -> None:
+    outcome = await sender.send(receiver.url("/ok"), b"raw \x00\xff bytes", {"X-Only": "this"})
+
+    assert outcome.ok
+    [(_, headers, body)] = receiver.received
+    assert body == b"raw \x00\xff bytes"
+    assert headers["Content-Type"] == "application/octet-stream"  # aiohttp's, when none given
+    assert headers.get("Accept-Encoding") is None
+    assert headers.get("Expect") is None
+    assert headers["User-Agent"] == "Stover-Webhooks/default"  # the sender's own, when not given
+    assert headers["X-Only"] == "this"
+
+
+async def test_connections_are_reused_between_attempts(sender: Sender, receiver: Receiver) -> None:
+    outcomes = [await send_json(sender, receiver.url("/ok")) for _ in range(20)]
+
+    assert all(outcome.ok for outcome in outcomes)
+    assert len(receiver.transports) == 1
+
+
+@pytest.mark.parametrize("code", [400, 401, 404, 422, 500, 502])
+async def test_other_statuses_are_failures_with_the_code(
+    sender: Sender, receiver: Receiver, code: int
+) -> None:
+    outcome = await send_json(sender, receiver.url(f"/status/{code}"))
+
+    assert not outcome.ok
+    assert outcome.status_code == code
+    assert outcome.error == f"http: {code}"
+    assert outcome.response_body == f"status {code}".encode()
+    assert outcome.retry_after is None  # only 429 and 503 carry it
+    assert not outcome.gone
+
+
+@pytest.mark.parametrize("code", [200, 201, 202, 204])
+async def test_every_2xx_is_success(sender: Sender, receiver: Receiver, code: int) -> None:
+    outcome = await send_json(sender, receiver.url(f"/status/{code}"))
+
+    assert outcome.ok
+    assert outcome.status_code == code
+    assert outcome.error is None
+
+
+@pytest.mark.parametrize("code", [429, 503])
+async def test_retry_after_is_kept_raw_on_429_and_503(
+    sender: Sender, receiver: Receiver, code: int
+) -> None:
+    outcome = await send_json(sender, receiver.url(f"/status/{code}"))
+
+    assert not outcome.ok
+    assert outcome.retry_after == "120"
+    assert outcome.error == f"http: {code}"
+
+
+async def test_410_marks_the_endpoint_gone(sender: Sender, receiver: Receiver) -> None:
+    outcome = await send_json(sender, receiver.url("/status/410"))
+
+    assert not outcome.ok
+    assert outcome.gone
+    assert outcome.error == "http: 410"
+
+
+async def test_redirects_are_reported_not_followed(sender: Sender, receiver: Receiver) -> None:
+    outcome = await send_json(sender, receiver.url("/redirect"))
+
+    assert not outcome.ok
+    assert outcome.status_code == 302
+    assert outcome.error == "redirect: 302 to /landing"
+    assert receiver.landing_hits == 0
+
+
+async def test_only_the_first_4_kib_of_a_body_is_kept(sender: Sender, receiver: Receiver) -> None:
+    outcome = await send_json(sender, receiver.url("/big"))
+
+    assert outcome.ok
+    assert outcome.response_body == (bytes(range(256)) * 16)
+
+
+async def test_a_chunked_body_is_read_whole(sender: Sender, receiver: Receiver) -> None:
+    outcome = await send_json(sender, receiver.url("/chunked"))
+
+    assert outcome.ok
+    assert outcome.response_body == b"part one, part two"
+
+
+async def test_an_endless_body_is_cut_off_and_its_connection_dropped(
+    sender: Sender, receiver: Receiver
+) -> None:
+    outcome = await send_json(sender, receiver.url("/endless"))
+
+    assert outcome.ok
+    assert outcome.status_code == 200
+    assert outcome.error is None
+    assert outcome.response_body == STREAM_CHUNK[: sender_module.AUDIT_BODY_BYTES]
+    async with asyncio.timeout(10):
+        await receiver.stream_ended.wait()  # the receiver saw its connection go away
+    second = await send_json(sender, receiver.url("/ok"))
+    assert second.ok
+    assert len(receiver.transports) == 2  # the cut connection was not put back in the pool
+
+
+async def test_a_receiver_that_never_answers_times_out() -> None:
+    async with (
+        raw_server(never_answer) as server,
+        Sender(timeout=0.5, allow_private_networks=True, user_agent="t") as sender,
+    ):
+        outcome = await send_json(sender, f"http://127.0.0.1:{server.port}/hook")
+
+    assert not outcome.ok
+    assert outcome.status_code is None
+    assert outcome.error == "timeout: no response within 0.5s"
+
+
+async def test_a_body_that_stalls_after_the_headers_times_out(receiver: Receiver) -> None:
+    async with Sender(timeout=0.5, allow_private_networks=True, user_agent="t") as sender:
+        outcome = await send_json(sender, receiver.url("/stall-body"))
+
+    assert not outcome.ok
+    assert outcome.status_code == 200
+    assert outcome.error == "timeout: no response within 0.5s"
+
+
+async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"hello\r\n")
+    await writer.drain()
+
+
+async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+async def hang_up_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    await writer.drain()
+
+
+async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    return
+
+
+@pytest.mark.parametrize(
+    ("handler", "error_class", "status"),
+    [
+        (garbage, "protocol: invalid HTTP response", None),
+        (hang_up, "disconnected:", None),
+        (close_at_once, "disconnected:", None),
+        (hang_up_mid_body, "protocol: response body broken off", 200),
+    ],
+)
+async def test_broken_answers_are_failures_with_a_clear_class(
+    sender: Sender, handler: Handler, error_class: str, status: int | None
+) -> None:
+    async with raw_server(handler) as server:
+        outcome = await send_json(sender, f"http://127.0.0.1:{server.port}/hook")
+
+    assert not outcome.ok
+    assert outcome.status_code == status
+    assert outcome.error is not None
+    assert outcome.error.startswith(error_class)
+    assert "\n" not in outcome.error
+
+
+async def test_a_refused_connection_is_a_connect_failure(sender: Sender) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outcome = await send_json(sender, f"http://127.0.0.1:{port}/hook")
+
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"connect: cannot connect to 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://127.0.0.1/hook", "invalid_url: not an absolute http(s) URL"),
+        ("http://user:pw@127.0.0.1/hook", "invalid_url: userinfo"),
+        ("not a url", "invalid_url: not an absolute http(s) URL"),
+    ],
+)
+async def test_unusable_urls_fail_without_a_request(sender: Sender, url: str, reason: str) -> None:
+    outcome = await send_json(sender, url)
+
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith(reason)
+
+
+def _ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def test_loopback_targets_are_refused_without_connecting() -> None:
+    async with (
+        raw_server(answer_ok) as server,
+        Sender(timeout=5.0, allow_private_networks=False, user_agent="t") as guarded,
+    ):
+        port = server.port
+        refusals = {
+            f"http://127.0.0.1:{port}/hook": "blocked: 127.0.0.1 is a private address",
+            f"http://localhost:{port}/hook": (
+                "blocked: localhost resolves to private address 127.0.0.1"
+            ),
+            f"http://LocalHost:{port}/hook": "blocked: localhost resolves to private address",
+            f"http://[::ffff:127.0.0.1]:{port}/hook": "blocked: ::ffff:7f00:1 is a private",
+            f"http://127.1:{port}/hook": "invalid_url: host '127.1' is not a canonical",
+            f"http://2130706433:{port}/hook": "invalid_url: host '2130706433' is not a canonical",
+        }
+        for url, reason in refusals.items():
+            outcome = await send_json(guarded, url)
+            assert not outcome.ok
+            assert outcome.error is not None
+            assert outcome.error.startswith(reason), outcome.error
+            assert outcome.error.endswith("(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)") or (
+                outcome.error.startswith("invalid_url:")
+            )
+        assert server.connections == 0
+
+        async with Sender(timeout=5.0, allow_private_networks=True, user_agent="t") as allowed:
+            control = await send_json(allowed, f"http://localhost:{port}/hook")
+        assert control.ok
+        assert server.connections == 1
+
+
+@pytest.mark.skipif(not _ipv6_loopback_available(), reason="no IPv6 loopback here")
+async def test_ipv6_loopback_is_refused_without_connecting() -> None:
+    async with (
+        raw_server(answer_ok, host="::1", family=socket.AF_INET6) as server,
+        Sender(timeout=5.0, allow_private_networks=False, user_agent="t") as guarded,
+    ):
+        outcome = await send_json(guarded, f"http://[::1]:{server.port}/hook")
+        assert outcome.error == (
+            "blocked: ::1 is a private address (set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
+        )
+        assert server.connections == 0
+
+        async with Sender(timeout=5.0, allow_private_networks=True, user_agent="t") as allowed:
+            control = await send_json(allowed, f"http://[::1]:{server.port}/hook")
+        assert control.ok
+        assert server.connections == 1
+
+
+class FixedResolver(AbstractResolver):
+    """Answers every lookup with the given addresses; nothing is contacted."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+        self.closed = False
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=0,
+            )
+            for address in self.addresses
+        ]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_guarded_resolver_drops_private_addresses_from_a_mixed_answer() -> None:
+    resolver = GuardedResolver(FixedResolver("10.0.0.7", "93.184.216.34", "fd00::1"))
+
+    results = await resolver.resolve("rebind.example", 443, socket.AF_UNSPEC)
+
+    assert [r["host"] for r in results] == ["93.184.216.34"]
+
+
+async def test_the_guarded_resolver_refuses_a_name_with_only_private_addresses() -> None:
+    resolver = GuardedResolver(FixedResolver("169.254.169.254", "::1"))
+
+    with pytest.raises(BlockedAddressError) as raised:
+        await resolver.resolve("metadata.example", 80, socket.AF_UNSPEC)
+
+    assert str(raised.value) == (
+        "blocked: metadata.example resolves to private address 169.254.169.254 "
+        "(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
+    )
+
+
+async def test_the_guarded_resolver_turns_an_empty_answer_into_a_lookup_failure() -> None:
+    resolver = GuardedResolver(FixedResolver())
+
+    with pytest.raises(OSError, match="no addresses found"):
+        await resolver.resolve("empty.example", 80, socket.AF_UNSPEC)
+
+
+async def test_the_guarded_resolver_closes_the_one_it_wraps() -> None:
+    inner = FixedResolver()
+    await GuardedResolver(inner).close()
+
+    assert inner.closed
+
+
+def test_a_failed_lookup_is_a_dns_failure() -> None:
+    # Provoked directly: the tests never ask a real DNS server about a name.
+    key = ConnectionKey("hooks.example", 443, True, True, None, None, None)
+    failure = aiohttp.ClientConnectorDNSError(
+        key, socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    )
+
+    assert sender_module._describe(failure) == (
+        "dns: cannot resolve hooks.example: Name or service not known"
+    )
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl CLI is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_an_untrusted_certificate_is_a_tls_failure(
+    sender: Sender, self_signed: tuple[Path, Path]
+) -> None:
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = web.Application()
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response()
+
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        outcome = await send_json(sender, f"https://127.0.0.1:{runner.addresses[0][1]}/hook")
+    finally:
+        await runner.cleanup()
+
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith("tls: certificate of 127.0.0.1:")
+    assert "self-signed certificate" in outcome.error
+    assert hits == []
+
+
+async def test_https_to_a_plain_http_server_is_a_tls_failure(sender: Sender) -> None:
+    async with raw_server(answer_anything) as server:
+        outcome = await send_json(sender, f"https://127.0.0.1:{server.port}/hook")
+
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"tls: handshake with 127.0.0.1:{server.port} failed")
+
+
+async def test_sending_outside_the_context_is_a_programming_error() -> None:
+    idle = Sender(timeout=1.0, allow_private_networks=True, user_agent="t")
+
+    with pytest.raises(RuntimeError, match="outside"):
+        await idle.send("http://127.0.0.1:9/hook", BODY, HEADERS)
