@@ -66,10 +66,11 @@ class Store:
             kwargs={"autocommit": True},
             open=False,
             timeout=10.0,
-            # A lost connection is re-made with backoff (1 s, 2 s, 4 s, ...) for up to a minute;
-            # past that, the next request for a connection starts trying again. (0 would give up
-            # after one failed try, leaving requests to wait out `timeout` after every restart.)
-            reconnect_timeout=60.0,
+            # A lost connection is re-made with backoff (1 s, 2 s, 4 s) for as long as a request
+            # waits for one; after that the next request starts trying again, so the relay
+            # outlives outages of any length. (0 would give up after one failed try, leaving
+            # requests to wait out `timeout` after even a sub-second restart.)
+            reconnect_timeout=10.0,
         )
 
     async def open(self) -> None:
