@@ -1,0 +1,124 @@
+"""`capture`: what the capture triggers cost durable INSERTs into stover.contacts, via pgbench.
+
+pgbench rather than Python clients: it is a C client running prepared statements, so nearly all
+the time it measures is the server's, and the ratio is the triggers' own cost. Threads of a Python
+client add their per-statement overhead (and the GIL) to both sides and flatter the ratio.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from outbox.bench.harness import (
+    Bench,
+    Figure,
+    Progress,
+    Report,
+    Target,
+    at_least,
+    interleave,
+    median,
+    ratio,
+)
+from outbox.db import benchdb
+from outbox.db.benchdb import BenchDb
+from outbox.errors import OutboxError
+from outbox.sqlfiles import queries
+
+SECONDS = 2  # per pgbench run; every case runs rounds x 2 of them
+QUICK_TRANSACTIONS = 10  # per client, with --quick
+_TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: a pgbench script at a client count, capture on vs off."""
+
+    name: str
+    script: str  # named query in sql/queries/bench.sql
+    clients: int
+    rows: int  # rows per statement
+    target: float
+
+
+CASES = (
+    Case("1_client", "pgbench_single_row", 1, 1, 0.80),
+    Case("4_clients", "pgbench_single_row", 4, 1, 0.80),
+    Case("8_clients", "pgbench_single_row", 8, 1, 0.80),
+    Case("100_row", "pgbench_hundred_rows", 4, 100, 0.50),
+)
+
+
+def _pgbench(bench: Bench, pgbench: str, url: str, script: Path, clients: int) -> float:
+    """Transactions per second of one pgbench run (excluding connection set-up)."""
+    length = ["-t", str(QUICK_TRANSACTIONS)] if bench.quick else ["-T", str(SECONDS)]
+    args = [pgbench, "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients), *length]
+    done = subprocess.run(  # noqa: S603 - pgbench from the server's installation, no shell
+        [*args, "-f", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 120,
+        check=False,
+        env=bench.env,
+    )
+    found = _TPS.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise OutboxError(f"pgbench failed ({done.returncode}): {tail}")
+    return float(found[1])
+
+
+def run(bench: Bench) -> Report:
+    pgbench = benchdb.pgbench_path()
+    if pgbench is None:
+        raise OutboxError("pgbench was not found (it ships with the embedded PostgreSQL)")
+    rounds = bench.rounds()
+    progress = Progress("capture")
+    sql = queries("bench")
+    with bench.database("capture") as url, BenchDb(url) as db:
+        # Subscribed to every event type, so each row gets its event and its delivery. No relay
+        # runs: nothing is ever sent to this address.
+        db.add_endpoint("http://127.0.0.1:9/capture")
+        figures: dict[str, Figure] = {}
+        targets: dict[str, Target] = {}
+        for case in CASES:
+            script = bench.workdir / f"{case.script}.sql"
+            script.write_text(sql[case.script] + "\n")
+
+            def measure(index: int, *, on: bool, case: Case = case, script: Path = script) -> float:
+                db.capture(on=on)
+                db.checkpoint()
+                tps = _pgbench(bench, pgbench, url, script, case.clients)
+                mode = "with capture" if on else "plain"
+                progress.step(f"{case.name} round {index + 1}/{rounds} {mode}: {tps:,.0f} tps")
+                return tps * case.rows
+
+            with_capture, plain = interleave(
+                rounds, lambda i: measure(i, on=True), lambda i: measure(i, on=False)
+            )
+            unit = "rows_per_s" if case.rows > 1 else "tps"
+            figures[f"{case.name}_{unit}_with_capture"] = median(with_capture)
+            figures[f"{case.name}_{unit}_plain"] = median(plain)
+            share = ratio(with_capture, plain)
+            figures[f"{case.name}_ratio"] = share
+            targets[f"{case.name}_ratio"] = at_least(share, case.target)
+        db.capture(on=True)
+        notes = [
+            "pgbench (C client, prepared statements): the ratio is the server-side cost",
+            f"each case: {rounds} rounds, capture on/off alternating, "
+            + ("10 transactions per client" if bench.quick else f"{SECONDS} s per run")
+            + "; a CHECKPOINT before every run; medians of per-round ratios",
+            "durable commits (synchronous_commit as the server has it); one subscribed "
+            "endpoint, no relay running; 100-row case at 4 clients",
+        ]
+        return bench.report(
+            db,
+            "capture",
+            "durable INSERTs into stover.contacts, capture triggers on vs off",
+            figures=figures,
+            targets=targets,
+            notes=notes,
+        )

@@ -1,0 +1,110 @@
+"""The baseline: a bare aiohttp client in its own process, POSTing prepared requests at a fixed
+concurrency. Run as `python -m outbox.bench.client SPEC.json`; prints one JSON line of results."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from outbox import payload, signing
+from outbox.db.benchdb import EventRow
+from outbox.errors import OutboxError
+from outbox.relay import USER_AGENT
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    sent: int
+    ok: int
+    elapsed_s: float
+    cpu_s: float
+
+
+def prepare(rows: list[EventRow], secret: str) -> list[tuple[str, dict[str, str]]]:
+    """The bodies and signed headers the relay would send for these events (signed once here)."""
+    prepared = []
+    for index, (event_id, event_type, created_at, data, previous) in enumerate(rows):
+        body = payload.render_event(event_id, event_type, created_at, data, previous)
+        headers = signing.delivery_headers(
+            secret=secret,
+            event_id=event_id,
+            event_type=event_type,
+            delivery_id=str(index + 1),
+            attempt=1,
+            body=body,
+            timestamp=int(time.time()),
+            user_agent=USER_AGENT,
+        )
+        prepared.append((body.decode(), headers))
+    return prepared
+
+
+def run_client(spec: dict[str, Any], workdir: Path, env: dict[str, str]) -> ClientResult:
+    """Run the client process to completion with `spec` (url, concurrency, count, requests)."""
+    path = workdir / "client-spec.json"
+    path.write_text(json.dumps(spec))
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "outbox.bench.client", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=max(120.0, spec["count"] / 100.0),
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise OutboxError(f"the baseline client failed ({done.returncode}): {tail}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return ClientResult(**result)
+
+
+async def _post_all(spec: dict[str, Any]) -> ClientResult:
+    url: str = spec["url"]
+    count: int = spec["count"]
+    concurrency: int = spec["concurrency"]
+    requests = [(body.encode(), headers) for body, headers in spec["requests"]]
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, keepalive_timeout=4.0
+    )
+    ok = 0
+    counter = itertools.count()
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=30.0),
+        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    ) as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            while (index := next(counter)) < count:
+                body, headers = requests[index % len(requests)]
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok += response.status == 200
+
+        cpu = time.process_time()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ClientResult(count, ok, time.perf_counter() - started, time.process_time() - cpu)
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    result = asyncio.run(_post_all(spec))
+    print(json.dumps(result.__dict__))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

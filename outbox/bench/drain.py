@@ -1,0 +1,70 @@
+"""A burst of due deliveries drained by the relay under test, timed where they arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from outbox.bench.harness import Progress, wait_for
+from outbox.bench.procs import Child
+from outbox.bench.receiver import Receiver, Window
+from outbox.db.benchdb import BenchDb
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round delivered, over how long, for how much of the sender's CPU."""
+
+    window: Window
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.window.rate
+
+    @property
+    def cpu_us(self) -> float:
+        """Sender CPU per request, in microseconds."""
+        return self.cpu_s * 1e6 / self.window.count if self.window.count else float("nan")
+
+
+def drain_timeout(expected: int) -> float:
+    """How long a round may take before the bench calls it stalled (≥ 100 deliveries/s)."""
+    return max(60.0, expected / 100.0)
+
+
+def relay_round(
+    db: BenchDb,
+    receiver: Receiver,
+    relay: Child,
+    progress: Progress,
+    *,
+    events: int,
+    expected: int,
+    label: str,
+    ports: Sequence[int] | None = None,
+    settled: Callable[[], bool] | None = None,
+    start: Callable[[], None] | None = None,
+) -> Round:
+    """Make `events` events due (or call `start`), wait until `ports` received `expected`
+    requests and `settled()` holds (default: nothing left pending), and time it.
+
+    The relay is idle when the burst commits, so the fan-out trigger's NOTIFY wakes it, as it
+    would wake a relay in production.
+    """
+    receiver.reset()
+    cpu_before = relay.cpu()
+    if start is not None:
+        start()
+    else:
+        db.insert_events(events)
+    is_settled = settled or (lambda: db.pending() == 0)
+
+    def finished() -> bool:
+        relay.check()
+        got = receiver.count(ports)
+        progress(f"{label}: {got:,}/{expected:,} received")
+        return got >= expected and is_settled()
+
+    wait_for(finished, drain_timeout(expected), f"{label} ({expected:,} deliveries)")
+    return Round(receiver.window(ports), relay.cpu() - cpu_before)

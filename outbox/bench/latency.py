@@ -1,0 +1,64 @@
+"""`latency`: commit to receiver arrival at 500 events/s, with a relay that idles between bursts."""
+
+from __future__ import annotations
+
+from outbox.bench import writer
+from outbox.bench.harness import Bench, Progress, Report, at_most, wait_for
+from outbox.bench.receiver import Receiver
+from outbox.db.benchdb import BenchDb
+
+RATE = 500.0
+SECONDS = 30.0
+QUICK_SECONDS = 2.0
+WARMUP = 1.0  # seconds of writes left out: connections and caches warming up
+
+
+def run(bench: Bench) -> Report:
+    seconds = QUICK_SECONDS if bench.quick else SECONDS
+    progress = Progress("latency")
+    with bench.database("latency") as url, BenchDb(url) as db, Receiver() as rx:
+        db.add_endpoint(rx.url())
+        with bench.relay(url) as relay:
+            rx.record(on=True)
+            cpu = relay.cpu()
+            writes = writer.paced(url, RATE, seconds, progress=progress, label="latency")
+            expected = len(writes.commits)
+
+            def arrived() -> bool:
+                relay.check()
+                got = rx.count()
+                progress(f"latency: {got:,}/{expected:,} arrived")
+                return got >= expected and db.pending() == 0
+
+            wait_for(arrived, 60.0, f"delivery of {expected:,} events")
+            relay_cpu = relay.cpu() - cpu
+        timed = writer.arrivals(writes.commits, rx.records(), db.event_contacts())
+        steady = [lat * 1000.0 for when, lat in timed if when >= writes.started + WARMUP]
+        p50, p99 = writer.percentile(steady, 0.50), writer.percentile(steady, 0.99)
+        figures = {
+            "events": expected,
+            "offered_per_s": RATE,
+            "written_per_s": writes.rate,
+            "writer_connections": writes.connections,
+            "measured": len(steady),
+            "p50_ms": p50,
+            "p90_ms": writer.percentile(steady, 0.90),
+            "p99_ms": p99,
+            "max_ms": max(steady, default=float("nan")),
+            "relay_cpu_us_per_delivery": relay_cpu * 1e6 / max(expected, 1),
+        }
+        notes = [
+            f"{seconds:g} s of single-row durable INSERTs into stover.contacts at {RATE:g}/s, "
+            f"one per transaction, from {writes.connections} connections; the first "
+            f"{WARMUP:g} s left out",
+            "latency: the writer's clock right after COMMIT returned, to the receiver's clock "
+            "when the request arrived (same machine), matched by X-Stover-Event-Id",
+        ]
+        return bench.report(
+            db,
+            "latency",
+            f"commit to receiver arrival at {RATE:g} events/s",
+            figures=figures,
+            targets={"p50_ms": at_most(p50, 10.0), "p99_ms": at_most(p99, 25.0)},
+            notes=notes,
+        )

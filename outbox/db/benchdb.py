@@ -1,0 +1,195 @@
+"""The benchmark's database side: scratch databases, bulk workloads, counters and paced writes."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from outbox.db.connect import friendly, with_timeout
+from outbox.errors import OutboxError
+from outbox.sqlfiles import queries
+
+Q = queries("bench")
+EventRow = tuple[str, str, datetime, str, str | None]
+
+
+def _open(url: str) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(with_timeout(url), autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise friendly(exc, url) from None
+
+
+def database_url(server_url: str, name: str) -> str:
+    """The connection string of database `name` on the server `server_url` points at."""
+    return make_conninfo(server_url, dbname=name)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create an empty database on the server of `server_url`; returns its connection string."""
+    with _open(server_url) as conn:
+        try:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise OutboxError(f"cannot create the benchmark database {name}: {first}") from None
+    return database_url(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with _open(server_url) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+def as_uri(url: str) -> str:
+    """The same connection as a postgresql:// URI (asyncpg does not read key=value strings)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    params = conninfo_to_dict(url)
+    user = quote(str(params.pop("user", "")), safe="")
+    password = params.pop("password", None)
+    dbname = quote(str(params.pop("dbname", "")), safe="")
+    host = str(params.pop("host", ""))
+    port = params.pop("port", None)
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    query = {k: str(v) for k, v in params.items() if k != "connect_timeout"}
+    if host.startswith("/"):
+        query["host"] = host
+        host = ""
+    where = host + (f":{port}" if port else "")
+    if not host and port:
+        query["port"] = str(port)
+        where = ""
+    tail = "&".join(f"{k}={quote(v, safe='/')}" for k, v in sorted(query.items()))
+    return f"postgresql://{auth}{where}/{dbname}" + (f"?{tail}" if tail else "")
+
+
+def pgbench_path() -> str | None:
+    """pgbench from the embedded server's installation, else the one on PATH."""
+    try:
+        with warnings.catch_warnings():
+            # pgserver's import asks platformdirs for a runtime dir, which warns without one.
+            warnings.simplefilter("ignore")
+            import pgserver  # noqa: PLC0415 - the embedded server is optional at run time
+    except ImportError:
+        return shutil.which("pgbench")
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pgbench"
+    return str(bundled) if bundled.is_file() else shutil.which("pgbench")
+
+
+class BenchDb:
+    """One autocommit connection to a benchmark database and the bench's queries on it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = _open(url)
+
+    def __enter__(self) -> BenchDb:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _value(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        row = self.conn.execute(Q[name], params).fetchone()
+        return None if row is None else row[0]
+
+    def add_endpoint(self, url: str, *, enabled: bool = True) -> str:
+        return str(self._value("bench_endpoint_add", {"url": url, "enabled": enabled}))
+
+    def enable(self, endpoint_id: str, *, on: bool) -> None:
+        self.conn.execute(Q["bench_endpoint_enable"], {"id": endpoint_id, "enabled": on})
+
+    def wake(self) -> None:
+        self.conn.execute(Q["bench_wake"])
+
+    def insert_events(self, count: int) -> None:
+        self.conn.execute(Q["bench_events_insert"], {"count": count})
+
+    def pending(self) -> int:
+        return int(self._value("bench_pending_count"))
+
+    def status_counts(self) -> dict[str, int]:
+        rows = self.conn.execute(Q["bench_status_counts"]).fetchall()
+        return {str(status): int(count) for status, count in rows}
+
+    def relays_idle(self) -> int:
+        return int(self._value("bench_relays_idle"))
+
+    def capture(self, *, on: bool) -> None:
+        self.conn.execute(Q["bench_capture_on" if on else "bench_capture_off"])
+
+    def checkpoint(self) -> bool:
+        """Flush dirty pages now so a measurement does not start mid-checkpoint (needs rights)."""
+        try:
+            self.conn.execute(Q["bench_checkpoint"])
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+        return True
+
+    def dead_tuples(self) -> tuple[int, int, int]:
+        """outbox.deliveries' (dead tuples, live tuples, autovacuum runs) from the statistics."""
+        row = self.conn.execute(Q["bench_dead_tuples"]).fetchone()
+        return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def vacuum_analyze(self) -> None:
+        self.conn.execute(Q["bench_vacuum_analyze"])
+
+    def event_contacts(self) -> dict[str, int]:
+        rows = self.conn.execute(Q["bench_event_contacts"]).fetchall()
+        return {str(event_id): int(contact_id) for event_id, contact_id in rows}
+
+    def event_sample(self, limit: int) -> list[EventRow]:
+        rows = self.conn.execute(Q["bench_event_sample"], {"limit": limit}).fetchall()
+        return [
+            (str(a), str(b), c, str(d), None if e is None else str(e)) for a, b, c, d, e in rows
+        ]
+
+    def server_version(self) -> str:
+        return str(self._value("bench_server_version"))
+
+    def settings(self, names: list[str]) -> dict[str, str]:
+        rows = self.conn.execute(Q["bench_settings"], {"names": names}).fetchall()
+        return {str(name): str(value) for name, value in rows}
+
+    def connections_free(self) -> int:
+        return int(self._value("bench_connections_free"))
+
+    def pgqueuer_left(self) -> int:
+        return int(self._value("bench_pgqueuer_left"))
+
+
+class ContactWriter:
+    """A writer of single-row, durable (autocommit) INSERTs into stover.contacts."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = _open(url)
+
+    def insert(self) -> int:
+        """Insert one contact; when this returns, its transaction has committed."""
+        row = self.conn.execute(Q["bench_contact_insert"]).fetchone()
+        if row is None:
+            raise OutboxError("INSERT ... RETURNING returned no row")
+        return int(row[0])
+
+    def close(self) -> None:
+        self.conn.close()

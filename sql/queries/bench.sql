@@ -1,0 +1,108 @@
+-- Queries of `outbox bench`: seeding workloads in bulk, watching them drain, and the statements
+-- its pgbench scripts run. None of these is used by the relay or the operator commands.
+
+-- name: bench_endpoint_add
+insert into outbox.endpoints (url, event_types, enabled, description)
+values (%(url)s::text, array['*'], %(enabled)s::boolean, 'outbox bench')
+returning id;
+
+-- name: bench_endpoint_enable
+update outbox.endpoints set enabled = %(enabled)s::boolean where id = %(id)s::text;
+
+-- name: bench_wake
+-- What a writer's trigger sends when a relay is idle; the bench sends it after switching an
+-- endpoint on, which by itself wakes no relay.
+select pg_notify('outbox_due', '');
+
+-- name: bench_events_insert
+-- %(count)s contact.created events in one statement, shaped like the rows stover.contacts
+-- produces, fanned out to the enabled endpoints and woken up exactly as a capture trigger does.
+with ev as (
+    insert into outbox.events (type, data)
+    select 'contact.created',
+           jsonb_build_object(
+               'id', g, 'first_name', 'Ada', 'last_name', 'Lovelace',
+               'email', 'ada.' || g || '@example.com', 'phone', '+44 20 7946 0' || (g %% 1000),
+               'company_id', null, 'custom_fields', jsonb_build_object('source', 'bench'),
+               'created_at', now(), 'updated_at', now())
+    from generate_series(1, %(count)s::integer) g
+    returning id, type
+),
+fanned as (
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select ev.id, ep.id
+    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type)
+)
+select outbox.wake_relays();
+
+-- name: bench_pending_count
+-- Walks the partial due index, so it stays cheap while a backlog drains.
+select count(*) from outbox.deliveries where status = 'pending';
+
+-- name: bench_status_counts
+select status, count(*) from outbox.deliveries group by status;
+
+-- name: bench_relays_idle
+select count(*) from outbox.relays where idle and heartbeat_at > now() - interval '1 minute';
+
+-- name: bench_capture_on
+alter table stover.contacts enable trigger user;
+
+-- name: bench_capture_off
+alter table stover.contacts disable trigger user;
+
+-- name: bench_checkpoint
+checkpoint;
+
+-- name: bench_dead_tuples
+select coalesce(n_dead_tup, 0), coalesce(n_live_tup, 0), coalesce(autovacuum_count, 0)
+from pg_stat_user_tables
+where schemaname = 'outbox' and relname = 'deliveries';
+
+-- name: bench_vacuum_analyze
+vacuum (analyze) outbox.deliveries, outbox.events;
+
+-- name: bench_event_contacts
+-- Which event each written contact raised, to match receiver arrivals with writer commits.
+select e.id, (e.data ->> 'id')::bigint
+from outbox.events e
+where e.type = 'contact.created';
+
+-- name: bench_event_sample
+-- Events as the relay reads them, to render the same bodies for the baseline client and peer.
+select e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text
+from outbox.events e
+order by e.created_at desc
+limit %(limit)s::integer;
+
+-- name: bench_contact_insert
+insert into stover.contacts (first_name, last_name, email, phone, custom_fields)
+values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "bench"}')
+returning id;
+
+-- name: bench_server_version
+select current_setting('server_version');
+
+-- name: bench_settings
+select name, current_setting(name)
+from pg_settings
+where name = any (%(names)s::text[])
+order by name;
+
+-- name: bench_connections_free
+-- Connections left for the bench's own clients, keeping superuser_reserved_connections aside.
+select current_setting('max_connections')::integer
+     - current_setting('superuser_reserved_connections')::integer
+     - (select count(*) from pg_stat_activity where backend_type = 'client backend')::integer;
+
+-- name: bench_pgqueuer_left
+select count(*) from pgqueuer;
+
+-- name: pgbench_single_row
+insert into stover.contacts (first_name, last_name, email, phone, custom_fields)
+values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "bench"}');
+
+-- name: pgbench_hundred_rows
+insert into stover.contacts (first_name, last_name, email, phone, custom_fields)
+select 'Ada', 'Lovelace', 'ada.' || g || '@example.com', '+44 20 7946 0000', '{"source": "bench"}'
+from generate_series(1, 100) g;

@@ -1,0 +1,158 @@
+"""`outbox bench`: every scenario runs end to end in --quick mode and reports its figures, its
+targets with met flags and the machine, on a scratch database it drops afterwards. Nothing here
+looks at how fast anything was or whether a target was met."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from support import env_without_outbox, outbox_cmd
+
+from outbox.bench.harness import Target, interleave
+from outbox.bench.writer import arrivals, percentile
+
+TARGETS = {
+    "capture": {"1_client_ratio", "4_clients_ratio", "8_clients_ratio", "100_row_ratio"},
+    "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
+    "latency": {"p50_ms", "p99_ms"},
+}
+
+
+def _bench(server_url: str, cwd: Path, *args: str) -> tuple[int, str, str, int]:
+    env = env_without_outbox()
+    env.update(DATABASE_URL=server_url, OUTBOX_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        outbox_cmd("bench", *args),
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=170)
+    return proc.returncode, out, err, proc.pid
+
+
+def _bench_databases(server_url: str, pid: int) -> list[str]:
+    with psycopg.connect(make_conninfo(server_url, dbname="postgres"), autocommit=True) as conn:
+        rows = conn.execute(
+            "select datname from pg_database where datname like %s", [f"outbox_bench_%_{pid}"]
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _check_target(name: str, target: dict[str, Any]) -> None:
+    assert set(target) >= {"value", "target", "met"}, name
+    assert isinstance(target["met"], bool), name
+    assert isinstance(target["target"], int | float), name
+    assert target["value"] is None or isinstance(target["value"], int | float), name
+
+
+@pytest.mark.parametrize("scenario", sorted(TARGETS))
+def test_quick_run_prints_one_json_report_and_drops_its_database(
+    scenario: str, server_url: str, tmp_path: Path
+) -> None:
+    code, out, err, pid = _bench(server_url, tmp_path, scenario, "--quick", "--json")
+
+    assert code == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out
+    report = json.loads(lines[0])
+    assert report["scenario"] == scenario
+    assert report["figures"]
+    for name, value in report["figures"].items():
+        assert value is None or isinstance(value, int | float | str), name
+    assert set(report["targets"]) == TARGETS[scenario]
+    for name, target in report["targets"].items():
+        _check_target(name, target)
+    machine = report["machine"]
+    assert machine["cpus"] >= 1
+    assert machine["pg_version"]
+    assert machine["python"]
+    assert f"bench {scenario}:" in err  # progress goes to stderr
+    assert _bench_databases(server_url, pid) == []
+
+
+def test_table_output_lists_each_target_with_its_verdict(server_url: str, tmp_path: Path) -> None:
+    code, out, err, _ = _bench(server_url, tmp_path, "latency", "--quick")
+
+    assert code == 0, err[-3000:]
+    assert out.startswith("latency: ")
+    lines = [line.strip() for line in out.splitlines()]
+    rows = lines[next(i for i, line in enumerate(lines) if line.startswith("target ")) + 1 :]
+    for name in TARGETS["latency"]:
+        row = next(line for line in rows if line.startswith(name + " "))
+        assert row.endswith(("yes", "NO"))
+    assert "machine: " in out
+
+
+@pytest.mark.parametrize(
+    "args", [("nonsense",), ("soak", "--minutes", "0"), ("soak", "--minutes", "soon")]
+)
+def test_bad_arguments_fail_in_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
+    done = subprocess.run(
+        outbox_cmd("bench", *args),
+        env=env_without_outbox(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stdout == ""
+
+
+def test_interleave_alternates_which_side_goes_first() -> None:
+    order: list[str] = []
+
+    def side(name: str) -> Callable[[int], int]:
+        def run(index: int) -> int:
+            order.append(f"{name}{index}")
+            return index
+
+        return run
+
+    a, b = interleave(3, side("a"), side("b"))
+
+    assert order == ["a0", "b0", "b1", "a1", "a2", "b2"]
+    assert a == b == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([5.0], 0.99, 5.0), ([1.0, 2.0, 3.0, 4.0], 0.5, 2.0), (list(range(1, 101)), 0.99, 99)],
+)
+def test_percentile_is_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert percentile(values, q) == expected
+
+
+def test_arrivals_match_events_to_commits_by_contact_and_keep_first_arrival() -> None:
+    commits = [(1, 100.0), (2, 100.5)]
+    records = [("evt_b", 100.75), ("evt_a", 100.25), ("evt_a", 101.0), ("evt_x", 100.0)]
+
+    found = arrivals(commits, records, {"evt_a": 1, "evt_b": 2})
+
+    assert found == [(100.0, 0.25), (100.5, 0.25)]
+
+
+@pytest.mark.parametrize(
+    ("target", "met"),
+    [
+        (Target(0.8, 0.8, ">="), True),
+        (Target(0.79, 0.8, ">="), False),
+        (Target(25.0, 25.0, "<="), True),
+        (Target(float("nan"), 25.0, "<="), False),
+    ],
+)
+def test_a_target_is_met_only_by_a_measured_value_on_its_side(target: Target, met: bool) -> None:
+    assert target.met is met
