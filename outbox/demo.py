@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,6 +61,8 @@ class Report:
     progress: demo_db.Progress
     requests: Requests
     settled: bool
+    interrupted: bool
+    wrote_for: float  # seconds of writes actually made
 
 
 class Ticker:
@@ -126,8 +130,21 @@ class Demo:
     plan: Plan
     endpoint_id: str | None = None
     requests: Requests = field(default_factory=Requests)
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, ticker: Ticker) -> Report:
+        """Run the demo; Ctrl-C or SIGTERM ends the writes and the wait for retries early."""
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for signum in signals:
+            loop.add_signal_handler(signum, self.interrupted.set)
+        try:
+            return await self._run(ticker)
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+    async def _run(self, ticker: Ticker) -> Report:
         secret = signing.generate_secret()
         behaviour = receiver.Behaviour(secret=secret, fail_rate=self.plan.fail_rate)
         runner, port = await receiver.start(behaviour, self.requests.add, host="127.0.0.1", port=0)
@@ -187,23 +204,40 @@ class Demo:
                 while loop.time() - started < self.plan.duration:
                     _surface_failures([writer, *helpers])
                     ticker.show("writing", loop.time() - started, await watch.read(), force=False)
-                    await asyncio.sleep(ticker.interval)
+                    if await self._pause(ticker.interval):
+                        break
             finally:
                 stop_writes.set()
                 await writer
+            wrote_for = loop.time() - started
             # Let the retries run out: the last failed delivery may still climb the whole ladder.
             deadline = loop.time() + sum(LADDER) + TIMEOUT + 10.0
             while True:
                 _surface_failures(helpers)
                 progress = await watch.read()
                 settled = progress.pending == 0
-                if settled or loop.time() > deadline:
+                if settled or loop.time() > deadline or self.interrupted.is_set():
                     break
                 ticker.show("settling", loop.time() - started, progress, force=False)
-                await asyncio.sleep(ticker.interval)
+                await self._pause(ticker.interval)
             ticker.show("done", loop.time() - started, progress, force=True)
             ticker.done()
-        return Report(self.plan, endpoint_id, activity.total, progress, self.requests, settled)
+        return Report(
+            self.plan,
+            endpoint_id,
+            activity.total,
+            progress,
+            self.requests,
+            settled,
+            self.interrupted.is_set(),
+            wrote_for,
+        )
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` for the next refresh; True when interrupted meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.interrupted.wait(), timeout=seconds)
+        return self.interrupted.is_set()
 
 
 def _surface_failures(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -235,9 +269,11 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
 def summary(report: Report) -> str:
     plan = report.plan
     head = (
-        f"Summary: {plan.duration:g}s of writes at {plan.rate:g}/s; the receiver failed "
+        f"Summary: {report.wrote_for:.0f}s of writes at {plan.rate:g}/s; the receiver failed "
         f"{plan.fail_rate:.0%} of requests on purpose."
     )
+    if report.interrupted:
+        head += "\nInterrupted: writes and retries were cut short."
     columns = [render.Column("WHAT"), render.Column("COUNT", align=">")]
     return head + "\n\n" + render.table(columns, summary_rows(report))
 

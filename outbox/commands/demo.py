@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for number, audit in enumerate(audits, start=1):
         render.emit("\n" + demo.audit_text(audit, number))
     render.emit("\n" + _closing(db, report.endpoint_id, keep=args.keep))
-    return 0
+    return 130 if report.interrupted else 0
 
 
 def _closing(db: connect.Database, endpoint_id: str, *, keep: bool) -> str:

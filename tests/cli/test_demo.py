@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -104,3 +105,27 @@ def test_piped_progress_is_plain_lines_within_80_columns() -> None:
     assert text.count("\n") == 1
     assert not CONTROL.search(text)
     assert len(text.rstrip("\n")) <= 79
+
+
+def test_ctrl_c_cuts_the_demo_short_but_still_reports_and_tidies_up(
+    cli_env: dict[str, str], conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    with subprocess.Popen(
+        outbox_cmd("demo", "--duration", "600"),
+        env=cli_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends at EOF should the demo die early
+            if line.startswith("writing "):
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Interrupted:" in stdout
+    assert "events captured" in stdout
+    left = conn.execute("select count(*) from outbox.endpoints").fetchone()
+    assert left == (0,)
