@@ -9,12 +9,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import IO
 
 import httpx
 import pytest
 
-from outbox import signing
+from outbox import receiver, signing
+from outbox.commands import listen
 from tests.support import env_without_outbox, outbox_cmd, stop
 
 SECRET = signing.generate_secret()
@@ -142,3 +144,31 @@ def test_a_malformed_secret_is_refused_in_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "whsec_" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("event_type", "event_id", "attempt", "status"),
+    [
+        ("attribution.tracked", EVENT_ID, "12", 500),
+        ("x" * 200, "evt_" + "f" * 200, "123456", 401),
+        (None, None, None, 401),
+        ("contact.created\x1b[2J", EVENT_ID, "1", 200),
+    ],
+)
+def test_every_printed_line_fits_80_columns_without_control_codes(
+    event_type: str | None, event_id: str | None, attempt: str | None, status: int
+) -> None:
+    seen = receiver.Seen(
+        at=datetime.now(UTC),
+        event_type=event_type,
+        event_id=event_id,
+        delivery_id=None,
+        attempt=attempt,
+        status=status,
+        verdict="",
+        problem=None,
+        body=b"",
+    )
+    line = listen.format_line(seen)
+    assert len(line) <= 80
+    assert line.isprintable()
