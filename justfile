@@ -2,6 +2,9 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Recipes run the project's virtual environment, activated or not.
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
 # list the recipes
 default:
     @just --list

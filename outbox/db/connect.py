@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +45,18 @@ def redact(url: str) -> str:
 
 def start_embedded(pgdata: Path, *, keep_running: bool = False) -> str:
     """Start (or join) the embedded PostgreSQL whose data lives in `pgdata`; return its URI."""
-    import pgserver  # noqa: PLC0415 - only commands without DATABASE_URL pay for the import
-
     pgdata = pgdata.resolve()
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(  # type: ignore[attr-defined]
-            pgdata, cleanup_mode=None if keep_running else "stop"
-        )
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back
+            # to /tmp, which is what pgserver needs anyway.
+            warnings.simplefilter("ignore")
+            import pgserver  # noqa: PLC0415 - only commands without DATABASE_URL pay for it
+
+            server = pgserver.get_server(  # type: ignore[attr-defined]
+                pgdata, cleanup_mode=None if keep_running else "stop"
+            )
     except Exception as exc:  # pgserver raises bare subprocess and assertion errors
         raise OutboxError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     return str(server.get_uri())
