@@ -27,9 +27,9 @@ class Received:
     at: float  # time.time() when it arrived
 
 
-# A behaviour decides the answer to a request: (status, body, delay-seconds) or None to hang
-# until the client gives up.
-Behaviour = Callable[[Received], "tuple[int, bytes, float] | None"]
+# A behaviour decides the answer to a request: (status, body, delay-seconds), optionally with a
+# fourth item of response headers, or None to hang until the client gives up.
+Behaviour = Callable[[Received], "tuple[Any, ...] | None"]
 
 
 def ok(_: Received) -> tuple[int, bytes, float]:
@@ -59,10 +59,10 @@ class Receiver:
         if answer is None:
             await asyncio.sleep(3600)
             return web.Response(status=599)
-        status, text, delay = answer
+        status, text, delay, *rest = answer
         if delay:
             await asyncio.sleep(delay)
-        return web.Response(status=status, body=text)
+        return web.Response(status=status, body=text, headers=rest[0] if rest else None)
 
     def on(self, path: str) -> list[Received]:
         with self._cond:
@@ -124,6 +124,7 @@ def running_receiver(**kwargs: Any) -> Iterator[Receiver]:
             fut.result(5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
 
 
 def outbox_cmd(*args: str) -> list[str]:
@@ -134,14 +135,23 @@ def start_relay(
     env: dict[str, str], *args: str, log_path: str | None = None
 ) -> subprocess.Popen[bytes]:
     """Start `outbox relay` as a real process (its stderr goes to log_path, or is discarded)."""
-    stderr: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        outbox_cmd("relay", *args),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        start_new_session=True,
-    )
+    if log_path is None:
+        return subprocess.Popen(
+            outbox_cmd("relay", *args),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    # The child keeps its own copy of the descriptor; ours closes when Popen returns.
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            outbox_cmd("relay", *args),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
