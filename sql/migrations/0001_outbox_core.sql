@@ -85,7 +85,8 @@ language plpgsql as $$
 declare
     pattern text;
 begin
-    if new.url !~* '^https?://[^/?#\s@]+(/\S*)?$' then
+    -- Scheme, host (no userinfo), then a path, query or fragment, or nothing.
+    if new.url !~* '^https?://[^/?#\s@]+([/?#]\S*)?$' then
         raise exception 'endpoint url % is not an absolute http(s) URL', quote_literal(new.url)
             using errcode = 'check_violation',
                   hint = 'Use a URL such as https://example.com/webhooks.';

@@ -1,0 +1,171 @@
+"""The database refuses bad endpoints, stages, statuses and secrets with messages a person can act
+on, and gives a plain endpoint INSERT working defaults."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+Conn = psycopg.Connection[Any]
+Check = psycopg.errors.CheckViolation
+
+SECRET = re.compile(r"^whsec_[A-Za-z0-9+/]{43}=$")
+STAGES = ["lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost"]
+STATUSES = ["draft", "scheduled", "published", "failed"]
+
+
+def add_endpoint(conn: Conn, url: str = "https://example.com/hooks", types: Any = ("*",)) -> str:
+    row = conn.execute(
+        "insert into outbox.endpoints (url, event_types) values (%s, %s) returning id",
+        [url, list(types) if types is not None else None],
+    ).fetchone()
+    assert row is not None
+    endpoint_id: str = row[0]
+    return endpoint_id
+
+
+BAD_URLS = ["ftp://x", "example.com/x", "http://", "", "https:///path"]
+UNKNOWN_PATTERNS = ["foo.bar", "nothing.*", "contact.create", "contact*", ".*", "*.created"]
+
+
+def test_endpoint_url_must_be_absolute_http(conn: Conn) -> None:
+    endpoint_id = add_endpoint(conn)
+    for url in BAD_URLS:
+        with pytest.raises(Check, match=r"absolute http\(s\) URL"):
+            add_endpoint(conn, url=url)
+        with pytest.raises(Check, match=r"absolute http\(s\) URL"):
+            conn.execute("update outbox.endpoints set url = %s where id = %s", [url, endpoint_id])
+    assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (1,)
+
+
+def test_endpoint_event_types_must_name_known_types(conn: Conn) -> None:
+    endpoint_id = add_endpoint(conn)
+    for pattern in UNKNOWN_PATTERNS:
+        with pytest.raises(Check, match="not known"):
+            add_endpoint(conn, types=["contact.created", pattern])
+        with pytest.raises(Check, match="not known"):
+            conn.execute(
+                "update outbox.endpoints set event_types = %s where id = %s",
+                [[pattern], endpoint_id],
+            )
+    assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (1,)
+
+
+def test_endpoint_must_subscribe_to_something(conn: Conn) -> None:
+    with pytest.raises(Check, match="at least one event type"):
+        add_endpoint(conn, types=[])
+    with pytest.raises(psycopg.errors.IntegrityError):
+        add_endpoint(conn, types=None)
+    assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (0,)
+
+
+GOOD_URLS = [
+    "https://example.com",
+    "https://example.com/webhooks/stover",
+    "HTTPS://Example.COM:8443/a?b=1#c",
+    "https://hooks.example.com?token=abc",
+    "http://127.0.0.1:8080/x?y=1",
+    "http://[::1]:8080/hook",
+]
+
+
+def test_endpoint_accepts_absolute_http_urls(conn: Conn) -> None:
+    for url in GOOD_URLS:
+        add_endpoint(conn, url=url)
+    rows = conn.execute("select url from outbox.endpoints").fetchall()
+    assert sorted(url for (url,) in rows) == sorted(GOOD_URLS)
+
+
+def test_endpoint_accepts_wildcards_prefixes_and_exact_types(conn: Conn) -> None:
+    for types in (["*"], ["deal.*"], ["contact.created", "company.*"], ["attribution.tracked"]):
+        add_endpoint(conn, types=types)
+    assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (4,)
+
+
+def test_plain_endpoint_insert_gets_working_defaults(conn: Conn) -> None:
+    first = add_endpoint(conn, types=["deal.*"])
+    second = add_endpoint(conn, types=["*"])
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "select id, secret, enabled, created_at, description from outbox.endpoints"
+            " order by created_at, id"
+        ).fetchall()
+    assert [row["id"] for row in rows] == [first, second]
+    for row in rows:
+        assert re.match(r"^ep_[0-9a-f]+$", row["id"])
+        assert SECRET.match(row["secret"]), row["secret"]
+        assert len(base64.b64decode(row["secret"].removeprefix("whsec_"), validate=True)) == 32
+        assert row["enabled"] is True
+        assert row["created_at"] is not None
+    assert rows[0]["secret"] != rows[1]["secret"]
+
+
+BAD_SECRETS = [
+    "hunter2",
+    "whsec_",
+    "whsec_tooshort",
+    "sk_" + "A" * 43 + "=",
+    "whsec_" + "!" * 44,
+    "whsec_" + "A" * 43 + "==",  # padding that no base64 encoder writes
+    "whsec_" + "A" * 33,  # not a whole number of base64 quanta
+    "whsec_" + "A" * 43 + "=\n",
+]
+
+
+def test_endpoint_secret_must_be_whsec_base64(conn: Conn) -> None:
+    endpoint_id = add_endpoint(conn)
+    for secret in BAD_SECRETS:
+        with pytest.raises(Check, match="endpoint_secret_format"):
+            conn.execute(
+                "insert into outbox.endpoints (url, event_types, secret) values (%s, '{*}', %s)",
+                ["https://example.com/hooks", secret],
+            )
+        with pytest.raises(Check, match="endpoint_secret_format"):
+            conn.execute(
+                "update outbox.endpoints set secret = %s where id = %s", [secret, endpoint_id]
+            )
+
+
+def test_endpoint_accepts_a_secret_in_the_standard_webhooks_form(conn: Conn) -> None:
+    # 32 bytes as we make them, and 24 bytes as Svix makes them.
+    for size in (32, 24):
+        secret = "whsec_" + base64.b64encode(bytes(range(size))).decode()
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types, secret) values (%s, '{*}', %s)",
+            ["https://example.com/hooks", secret],
+        )
+
+
+def test_deal_stage_outside_the_list_is_refused_naming_the_allowed_stages(conn: Conn) -> None:
+    with pytest.raises(Check) as refused:
+        conn.execute("insert into stover.deals (name, stage) values ('d', 'won')")
+    assert "won" in str(refused.value)
+    assert all(stage in str(refused.value) for stage in STAGES)
+    conn.execute("insert into stover.deals (name) values ('d')")
+    with pytest.raises(Check, match=", ".join(STAGES)):
+        conn.execute("update stover.deals set stage = 'won'")
+
+
+def test_post_status_outside_the_list_is_refused_naming_the_allowed_statuses(conn: Conn) -> None:
+    with pytest.raises(Check) as refused:
+        conn.execute("insert into stover.posts (network, status) values ('x', 'sent')")
+    assert "sent" in str(refused.value)
+    assert all(status in str(refused.value) for status in STATUSES)
+    conn.execute("insert into stover.posts (network) values ('x')")
+    with pytest.raises(Check, match=", ".join(STATUSES)):
+        conn.execute("update stover.posts set status = 'sent'")
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (0,)
+
+
+def test_delivery_status_outside_the_list_is_refused(conn: Conn) -> None:
+    add_endpoint(conn)
+    conn.execute("insert into stover.companies (name) values ('Acme')")
+    with pytest.raises(Check, match="delivery_status"):
+        conn.execute("update outbox.deliveries set status = 'bogus'")
+    row = conn.execute("select status from outbox.deliveries").fetchone()
+    assert row == ("pending",)
