@@ -52,7 +52,7 @@ def run(bench: Bench) -> Report:
 
             def ours(index: int) -> drain.Round:
                 cpu = rx.cpu()
-                done = drain.relay_round(
+                done = drain.burst(
                     db, rx, relay, progress, events=chunk, expected=chunk,
                     label=f"relay round {index + 1}/{rounds}",
                 )  # fmt: skip

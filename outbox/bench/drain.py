@@ -1,4 +1,4 @@
-"""A burst of due deliveries drained by the relay under test, timed where they arrive."""
+"""A burst of due deliveries drained by the process under test, timed where they arrive."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from outbox.bench.harness import Progress, wait_for
 from outbox.bench.procs import Child
 from outbox.bench.receiver import Receiver, Window
 from outbox.db.benchdb import BenchDb
+
+Settled = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,17 @@ def drain_timeout(expected: int) -> float:
     return max(60.0, expected / 100.0)
 
 
-def relay_round(
+def burst(
     db: BenchDb,
     receiver: Receiver,
-    relay: Child,
+    sender: Child,
     progress: Progress,
     *,
     events: int,
     expected: int,
     label: str,
     ports: Sequence[int] | None = None,
-    settled: Callable[[], bool] | None = None,
+    settled: Settled | None = None,
     start: Callable[[], None] | None = None,
 ) -> Round:
     """Make `events` events due (or call `start`), wait until `ports` received `expected`
@@ -53,7 +55,7 @@ def relay_round(
     would wake a relay in production.
     """
     receiver.reset()
-    cpu_before = relay.cpu()
+    cpu_before = sender.cpu()
     if start is not None:
         start()
     else:
@@ -61,10 +63,10 @@ def relay_round(
     is_settled = settled or (lambda: db.pending() == 0)
 
     def finished() -> bool:
-        relay.check()
+        sender.check()
         got = receiver.count(ports)
         progress(f"{label}: {got:,}/{expected:,} received")
         return got >= expected and is_settled()
 
     wait_for(finished, drain_timeout(expected), f"{label} ({expected:,} deliveries)")
-    return Round(receiver.window(ports), relay.cpu() - cpu_before)
+    return Round(receiver.window(ports), sender.cpu() - cpu_before)

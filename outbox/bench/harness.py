@@ -203,15 +203,19 @@ class Bench:
         return env
 
     @contextlib.contextmanager
-    def relay(self, url: str, *args: str, label: str = "relay") -> Iterator[procs.Child]:
-        """`outbox relay` as a child process on `url`, returned once it has said it is idle."""
+    def relay(
+        self, url: str, *args: str, label: str = "relay", idle: bool = True
+    ) -> Iterator[procs.Child]:
+        """`outbox relay` as a child process on `url`; with `idle`, returned once it has said it
+        is idle (so the next burst's NOTIFY wakes it), else at once."""
         log = self.workdir / f"{label}.log"
         with benchdb.BenchDb(url) as db:
             before = db.relays_idle()
             with procs.child(
                 ["-m", "outbox", "relay", *args], self.child_env(url), log, "outbox relay"
             ) as relay:
-                procs.wait_ready(relay, lambda: db.relays_idle() > before)
+                if idle:
+                    procs.wait_ready(relay, lambda: db.relays_idle() > before)
                 yield relay
 
     def machine(self, db: benchdb.BenchDb) -> dict[str, object]:

@@ -54,6 +54,7 @@ def run(bench: Bench) -> Report:
             "latency: the writer's clock right after COMMIT returned, to the receiver's clock "
             "when the request arrived (same machine), matched by X-Stover-Event-Id",
         ]
+        notes += writer.shortfall(writes, RATE)
         return bench.report(
             db,
             "latency",

@@ -85,6 +85,16 @@ def paced(
     return writes
 
 
+def shortfall(writes: Writes, rate: float) -> list[str]:
+    """A note when the writers could not commit at the offered rate (the machine's limit)."""
+    if writes.rate >= 0.95 * rate:
+        return []
+    return [
+        f"the writers fell behind: {rate:,.0f}/s offered, {writes.rate:,.0f}/s committed "
+        "(durable commits on this machine could not keep the pace)"
+    ]
+
+
 def arrivals(
     commits: Sequence[tuple[int, float]],
     records: Sequence[tuple[str, float]],

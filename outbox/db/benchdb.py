@@ -125,8 +125,10 @@ class BenchDb:
     def insert_events(self, count: int) -> None:
         self.conn.execute(Q["bench_events_insert"], {"count": count})
 
-    def pending(self) -> int:
-        return int(self._value("bench_pending_count"))
+    def pending(self, *, enabled_only: bool = False) -> int:
+        """Pending deliveries (with `enabled_only`, only those of endpoints switched on)."""
+        name = "bench_pending_enabled_count" if enabled_only else "bench_pending_count"
+        return int(self._value(name))
 
     def status_counts(self) -> dict[str, int]:
         rows = self.conn.execute(Q["bench_status_counts"]).fetchall()

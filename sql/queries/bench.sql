@@ -39,6 +39,13 @@ select outbox.wake_relays();
 -- Walks the partial due index, so it stays cheap while a backlog drains.
 select count(*) from outbox.deliveries where status = 'pending';
 
+-- name: bench_pending_enabled_count
+-- Pending deliveries the relay may claim now: those of endpoints that are switched on.
+select count(*)
+from outbox.deliveries d
+join outbox.endpoints ep on ep.id = d.endpoint_id
+where d.status = 'pending' and ep.enabled;
+
 -- name: bench_status_counts
 select status, count(*) from outbox.deliveries group by status;
 

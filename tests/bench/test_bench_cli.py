@@ -15,14 +15,23 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support import env_without_outbox, outbox_cmd
 
+from outbox.bench import SCENARIOS
 from outbox.bench.harness import Target, interleave
 from outbox.bench.writer import arrivals, percentile
 
 TARGETS = {
     "capture": {"1_client_ratio", "4_clients_ratio", "8_clients_ratio", "100_row_ratio"},
     "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
+    "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},
+    "backlog": {"ratio_big_to_small", "relay_peak_rss_mb"},
+    "isolation": {"ratio"},
+    "soak": {"throughput_decay", "p99_growth", "dead_tuples_growth"},
 }
+
+
+def test_every_scenario_is_covered_here() -> None:
+    assert set(TARGETS) == set(SCENARIOS)
 
 
 def _bench(server_url: str, cwd: Path, *args: str) -> tuple[int, str, str, int]:
