@@ -1,0 +1,322 @@
+"""`outbox endpoints`: create, list, show, disable, enable, re-key and delete endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import secrets
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from outbox import render
+from outbox.config import Settings
+from outbox.db import admin, connect
+from outbox.errors import ConfigError, OutboxError
+
+TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
+
+
+def new_secret() -> str:
+    """A fresh signing secret: whsec_ and the base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def mask(secret: str) -> str:
+    """The secret as listings show it: enough to tell two apart, not enough to sign."""
+    return f"whsec_{render.ELLIPSIS}{secret[-4:]}"
+
+
+def check_url(url: str) -> str:
+    """The URL if it is an absolute http(s) URL a receiver can be reached at, else ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as exc:
+        raise ConfigError(f"endpoint URL {url!r} is malformed: {exc}") from None
+    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(
+            f"endpoint URL {url!r} is not an absolute http(s) URL; "
+            "use one such as https://example.com/webhooks"
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ConfigError(f"endpoint URL {url!r} contains spaces or control characters")
+    if "@" in parts.netloc:
+        raise ConfigError(f"endpoint URL {url!r} must not carry a user name or password")
+    if not port_ok:
+        raise ConfigError(f"endpoint URL {url!r} has port 0")
+    return url
+
+
+def parse_types(text: str, option: str = "--events") -> list[str]:
+    """Split a comma-separated list of type patterns, dropping repeats; empty entries are errors."""
+    patterns = [part.strip() for part in text.split(",")]
+    if any(not p for p in patterns):
+        raise ConfigError(f"{option} {text!r} has an empty entry; give types such as deal.*,post.*")
+    return list(dict.fromkeys(patterns))
+
+
+def type_matches(pattern: str, event_type: str) -> bool:
+    """Does one pattern match an event type? The same rule as the SQL outbox.type_matches."""
+    if pattern in {"*", event_type}:
+        return True
+    return pattern.endswith(".*") and event_type.startswith(pattern[:-1])
+
+
+def check_types(patterns: Iterable[str], known: Sequence[str], option: str = "--events") -> None:
+    """ConfigError naming the first pattern that is neither a known type nor matches one."""
+    for pattern in patterns:
+        if not any(type_matches(pattern, name) for name in known):
+            raise ConfigError(
+                f"{option}: event type {pattern!r} is not known and matches no known type; "
+                f"known types: {', '.join(known) or 'none'}"
+            )
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _endpoint_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("endpoint_id", metavar="ID", help="endpoint id (ep_…)")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "endpoints",
+        help="manage the endpoints webhooks are sent to",
+        description="Create, inspect, switch off and on, re-key and delete webhook endpoints.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    _register_create(actions)
+    _register_reads(actions)
+    _register_changes(actions)
+    parser.set_defaults(func=run)
+
+
+def _register_create(actions: Any) -> None:
+    create = actions.add_parser(
+        "create",
+        help="add an endpoint and print its secret",
+        description="Add an endpoint. Its id and signing secret are printed once: keep the "
+        "secret now (`show --reveal-secret` is the only other way to see it).",
+    )
+    create.add_argument("url", metavar="URL", help="absolute http(s) URL the events are POSTed to")
+    create.add_argument("--events", required=True, metavar="TYPES", help=TYPES_HELP)
+    create.add_argument("--description", default="", help="a note for people (default: none)")
+    create.add_argument(
+        "--disabled", action="store_true", help="create it switched off: no deliveries yet"
+    )
+    _json_flag(create)
+
+
+def _register_reads(actions: Any) -> None:
+    listing = actions.add_parser(
+        "list", help="list endpoints", description="List endpoints with their backlog."
+    )
+    _json_flag(listing)
+
+    show = actions.add_parser("show", help="show one endpoint", description="Show one endpoint.")
+    _endpoint_id(show)
+    show.add_argument(
+        "--reveal-secret", action="store_true", help="print the whole secret instead of its end"
+    )
+    _json_flag(show)
+
+
+def _register_changes(actions: Any) -> None:
+    for verb, text in (
+        ("disable", "stop sending to it; its pending deliveries wait until it is enabled"),
+        ("enable", "resume sending to it, starting with its pending deliveries"),
+    ):
+        switch = actions.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
+        _endpoint_id(switch)
+
+    rotate = actions.add_parser(
+        "rotate-secret",
+        help="replace the signing secret and print the new one",
+        description="Replace the signing secret. The old one stops working at once; the new "
+        "one is printed once.",
+    )
+    _endpoint_id(rotate)
+    _json_flag(rotate)
+
+    delete = actions.add_parser(
+        "delete",
+        help="delete an endpoint and its delivery history",
+        description="Delete an endpoint with its deliveries and attempts. Refuses while it has "
+        "pending deliveries unless --yes is given.",
+    )
+    _endpoint_id(delete)
+    delete.add_argument(
+        "--yes", action="store_true", help="delete even if deliveries are still pending"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    action: Callable[[argparse.Namespace, Settings], int] = _ACTIONS[args.action]
+    return action(args, settings)
+
+
+def _url(settings: Settings) -> str:
+    return connect.resolve(settings).url
+
+
+def _no_endpoint(endpoint_id: str) -> OutboxError:
+    return OutboxError(f"no endpoint with id {render.clean(endpoint_id)!r}")
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
+    url = check_url(args.url)
+    patterns = parse_types(args.events)
+    secret = new_secret()
+    with admin.session(_url(settings)) as conn:
+        check_types(patterns, admin.known_event_types(conn))
+        endpoint_id = admin.create_endpoint(
+            conn,
+            url=url,
+            event_types=patterns,
+            description=args.description,
+            enabled=not args.disabled,
+            secret=secret,
+        )
+    if args.json:
+        render.emit_json({"id": endpoint_id, "secret": secret})
+    else:
+        render.emit(render.fields([("id", endpoint_id), ("secret", secret)]))
+    print(
+        "keep the secret now: it is shown only here and by `outbox endpoints show "
+        f"{endpoint_id} --reveal-secret`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    with admin.session(_url(settings)) as conn:
+        endpoints = admin.list_endpoints(conn)
+    if args.json:
+        render.emit_json(endpoints)
+        return 0
+    if not endpoints:
+        print("no endpoints yet; add one with `outbox endpoints create`", file=sys.stderr)
+        return 0
+    columns = [
+        render.Column("ID"),
+        render.Column("ON"),
+        render.Column("PENDING", align=">"),
+        render.Column("FAILED", align=">"),
+        render.Column("URL", flex=True, min_width=12, weight=2),
+        render.Column("EVENTS", flex=True, min_width=8),
+    ]
+    rows = [
+        (e.id, "yes" if e.enabled else "no", e.pending, e.failed, e.url, ",".join(e.event_types))
+        for e in endpoints
+    ]
+    render.emit_table(columns, rows)
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    with admin.session(_url(settings)) as conn:
+        endpoint = admin.get_endpoint(conn, args.endpoint_id)
+    if endpoint is None:
+        raise _no_endpoint(args.endpoint_id)
+    secret = endpoint.secret if args.reveal_secret else mask(endpoint.secret)
+    if args.json:
+        render.emit_json(_document(endpoint, secret))
+    else:
+        render.emit(_description(endpoint, secret))
+    return 0
+
+
+def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "enabled": endpoint.enabled,
+        "event_types": endpoint.event_types,
+        "description": endpoint.description,
+        "secret": secret,
+        "created_at": endpoint.created_at,
+        "updated_at": endpoint.updated_at,
+        "deliveries": {
+            "pending": endpoint.pending,
+            "failed": endpoint.failed,
+            "delivered": endpoint.delivered,
+        },
+    }
+
+
+def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
+    counts = f"{endpoint.pending} pending, {endpoint.failed} failed, {endpoint.delivered} delivered"
+    return render.fields(
+        [
+            ("id", endpoint.id),
+            ("url", endpoint.url),
+            ("enabled", "yes" if endpoint.enabled else "no"),
+            ("event types", ", ".join(endpoint.event_types)),
+            ("description", endpoint.description or render.NONE),
+            ("secret", secret),
+            ("created at", render.timestamp(endpoint.created_at)),
+            ("updated at", render.timestamp(endpoint.updated_at)),
+            ("deliveries", counts),
+        ]
+    )
+
+
+def _switch(args: argparse.Namespace, settings: Settings) -> int:
+    enabled = args.action == "enable"
+    with admin.session(_url(settings)) as conn:
+        pending = admin.set_endpoint_enabled(conn, args.endpoint_id, enabled=enabled)
+    if pending is None:
+        raise _no_endpoint(args.endpoint_id)
+    render.emit(f"{args.action}d {args.endpoint_id}")
+    if pending:
+        what = "are sent as they fall due" if enabled else "wait until it is enabled again"
+        print(f"its {pending} pending deliveries {what}", file=sys.stderr)
+    return 0
+
+
+def _rotate(args: argparse.Namespace, settings: Settings) -> int:
+    secret = new_secret()
+    with admin.session(_url(settings)) as conn:
+        if not admin.set_endpoint_secret(conn, args.endpoint_id, secret):
+            raise _no_endpoint(args.endpoint_id)
+    if args.json:
+        render.emit_json({"id": args.endpoint_id, "secret": secret})
+    else:
+        render.emit(render.fields([("id", args.endpoint_id), ("secret", secret)]))
+    print(
+        "the old secret no longer signs anything; give the receiver the new one now",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    with admin.session(_url(settings)) as conn:
+        outcome = admin.delete_endpoint(conn, args.endpoint_id, allow_pending=args.yes)
+    if outcome is None:
+        raise _no_endpoint(args.endpoint_id)
+    if not outcome.deleted:
+        raise OutboxError(
+            f"endpoint {args.endpoint_id} has {outcome.pending} pending "
+            f"deliver{'y' if outcome.pending == 1 else 'ies'}; "
+            "pass --yes to delete it and them, or disable it instead"
+        )
+    render.emit(f"deleted {args.endpoint_id} and its {outcome.deliveries} deliveries")
+    return 0
+
+
+_ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "create": _create,
+    "list": _list,
+    "show": _show,
+    "disable": _switch,
+    "enable": _switch,
+    "rotate-secret": _rotate,
+    "delete": _delete,
+}

@@ -1,0 +1,300 @@
+"""The operator's reads and writes on endpoints and deliveries, returned as plain dataclasses."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import errors
+from psycopg.rows import class_row
+
+from outbox.db.connect import connect
+from outbox.errors import OutboxError
+from outbox.sqlfiles import queries
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class EndpointSummary:
+    """One row of `outbox endpoints list`."""
+
+    id: str
+    url: str
+    enabled: bool
+    event_types: list[str]
+    description: str
+    created_at: datetime
+    pending: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class EndpointDetail:
+    """An endpoint with its secret and its deliveries counted by status."""
+
+    id: str
+    url: str
+    enabled: bool
+    event_types: list[str]
+    description: str
+    created_at: datetime
+    updated_at: datetime
+    secret: str = field(repr=False)
+    pending: int
+    failed: int
+    delivered: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery with the type and time of its event."""
+
+    id: int
+    status: str
+    attempts: int
+    ladder_start: int
+    event_id: str
+    event_type: str
+    event_created_at: datetime
+    endpoint_id: str
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One HTTP attempt, with the first 200 characters of the receiver's answer."""
+
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_head: str | None
+    response_length: int
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What deleting an endpoint found; `deleted` is False when pending deliveries stopped it."""
+
+    pending: int
+    deliveries: int
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class Redelivery:
+    """The outcome of requeueing deliveries by id."""
+
+    requeued: list[int]
+    already_pending: list[int]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The outcome of replaying a window of events to one endpoint."""
+
+    requeued: int
+    created: int
+    already_pending: int
+    endpoint_enabled: bool
+
+
+def _sql(name: str) -> LiteralString:
+    return queries("admin")[name]
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    primary = diag.message_primary or str(exc).strip().splitlines()[0]
+    return f"{primary}. {diag.message_hint}" if diag.message_hint else primary
+
+
+@contextlib.contextmanager
+def session(url: str) -> Iterator[Connection]:
+    """A connection whose database errors come out as one-line OutboxErrors."""
+    try:
+        with connect(url) as conn:
+            yield conn
+    except errors.CheckViolation as exc:
+        raise OutboxError(_message(exc)) from None
+    except (errors.UndefinedTable, errors.InvalidSchemaName, errors.UndefinedFunction) as exc:
+        raise OutboxError(
+            f"the outbox schema is missing or out of date ({_message(exc)}); run `outbox migrate`"
+        ) from None
+    except psycopg.Error as exc:
+        raise OutboxError(f"database error: {_message(exc)}") from None
+
+
+def known_event_types(conn: Connection) -> list[str]:
+    """Every registered event type, sorted."""
+    return [name for (name,) in conn.execute(_sql("event_types_list")).fetchall()]
+
+
+def endpoint_exists(conn: Connection, endpoint_id: str) -> bool:
+    row = conn.execute(_sql("endpoint_exists"), {"endpoint_id": endpoint_id}).fetchone()
+    return bool(row and row[0])
+
+
+def create_endpoint(
+    conn: Connection,
+    *,
+    url: str,
+    event_types: Sequence[str],
+    description: str,
+    enabled: bool,
+    secret: str,
+) -> str:
+    """Insert an endpoint; returns its id."""
+    params = {
+        "url": url,
+        "event_types": list(event_types),
+        "description": description,
+        "enabled": enabled,
+        "secret": secret,
+    }
+    row = conn.execute(_sql("endpoint_insert"), params).fetchone()
+    if row is None:
+        raise OutboxError("the database returned no id for the new endpoint")
+    return str(row[0])
+
+
+def list_endpoints(conn: Connection) -> list[EndpointSummary]:
+    with conn.cursor(row_factory=class_row(EndpointSummary)) as cur:
+        return cur.execute(_sql("endpoints_list")).fetchall()
+
+
+def get_endpoint(conn: Connection, endpoint_id: str) -> EndpointDetail | None:
+    with conn.cursor(row_factory=class_row(EndpointDetail)) as cur:
+        return cur.execute(_sql("endpoint_get"), {"endpoint_id": endpoint_id}).fetchone()
+
+
+def set_endpoint_enabled(conn: Connection, endpoint_id: str, *, enabled: bool) -> int | None:
+    """Enable or disable; returns its pending deliveries, or None when there is no such endpoint."""
+    params = {"endpoint_id": endpoint_id, "enabled": enabled}
+    with conn.transaction():
+        row = conn.execute(_sql("endpoint_enabled_set"), params).fetchone()
+        if row is not None and enabled:
+            conn.execute(_sql("relays_wake"))
+    return None if row is None else int(row[0])
+
+
+def set_endpoint_secret(conn: Connection, endpoint_id: str, secret: str) -> bool:
+    """Replace the secret; False when there is no such endpoint."""
+    params = {"endpoint_id": endpoint_id, "secret": secret}
+    return conn.execute(_sql("endpoint_secret_set"), params).fetchone() is not None
+
+
+def delete_endpoint(conn: Connection, endpoint_id: str, *, allow_pending: bool) -> Deletion | None:
+    """Delete an endpoint and its deliveries unless pending ones remain and that is not allowed.
+
+    None when there is no such endpoint."""
+    params = {"endpoint_id": endpoint_id}
+    with conn.transaction():
+        if conn.execute(_sql("endpoint_lock"), params).fetchone() is None:
+            return None
+        row = conn.execute(_sql("endpoint_deliveries_count"), params).fetchone()
+        pending, total = (int(row[0]), int(row[1])) if row else (0, 0)
+        if pending and not allow_pending:
+            return Deletion(pending=pending, deliveries=total, deleted=False)
+        conn.execute(_sql("endpoint_delete"), params)
+    return Deletion(pending=pending, deliveries=total, deleted=True)
+
+
+def list_deliveries(
+    conn: Connection,
+    *,
+    endpoint_id: str | None = None,
+    status: str | None = None,
+    event_type: str | None = None,
+    limit: int = 50,
+) -> list[Delivery]:
+    """Deliveries newest first; `event_type` may be an exact type, `prefix.*` or `*`."""
+    params = {
+        "endpoint_id": endpoint_id,
+        "status": status,
+        "event_type": event_type,
+        "limit": limit,
+    }
+    with conn.cursor(row_factory=class_row(Delivery)) as cur:
+        return cur.execute(_sql("deliveries_list"), params).fetchall()
+
+
+def get_delivery(conn: Connection, delivery_id: int) -> Delivery | None:
+    with conn.cursor(row_factory=class_row(Delivery)) as cur:
+        return cur.execute(_sql("delivery_get"), {"delivery_id": delivery_id}).fetchone()
+
+
+def list_attempts(conn: Connection, delivery_id: int) -> list[Attempt]:
+    with conn.cursor(row_factory=class_row(Attempt)) as cur:
+        return cur.execute(_sql("attempts_list"), {"delivery_id": delivery_id}).fetchall()
+
+
+def redeliver(conn: Connection, delivery_ids: Sequence[int]) -> Redelivery:
+    """Requeue failed or delivered deliveries by id, due now, the ladder starting over.
+
+    Raises OutboxError, changing nothing, when an id names no delivery."""
+    ids = sorted(set(delivery_ids))
+    with conn.transaction():
+        found = dict(conn.execute(_sql("deliveries_status_lock"), {"delivery_ids": ids}).fetchall())
+        unknown = [i for i in ids if i not in found]
+        if unknown:
+            listed = ", ".join(str(i) for i in unknown)
+            raise OutboxError(f"no delivery with id {listed}")
+        rows = conn.execute(_sql("deliveries_requeue"), {"delivery_ids": ids}).fetchall()
+        if rows:
+            conn.execute(_sql("relays_wake"))
+    pending = [i for i, status in found.items() if status == "pending"]
+    return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=sorted(pending))
+
+
+def redeliver_failed(
+    conn: Connection, *, endpoint_id: str | None = None, since: datetime | None = None
+) -> Redelivery:
+    """Requeue every failed delivery (of one endpoint; last attempted at or after `since`)."""
+    params = {"endpoint_id": endpoint_id, "since": since}
+    with conn.transaction():
+        rows = conn.execute(_sql("deliveries_failed_requeue"), params).fetchall()
+        if rows:
+            conn.execute(_sql("relays_wake"))
+    return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=[])
+
+
+def replay(
+    conn: Connection,
+    *,
+    endpoint_id: str,
+    since: datetime,
+    until: datetime | None = None,
+    types: Sequence[str] | None = None,
+) -> Replay | None:
+    """Send an endpoint every subscribed event of a window again, in one transaction.
+
+    None when there is no such endpoint."""
+    with conn.transaction():
+        lock = conn.execute(_sql("endpoint_share_lock"), {"endpoint_id": endpoint_id}).fetchone()
+        if lock is None:
+            return None
+        subscribed, enabled = lock
+        params = {
+            "endpoint_id": endpoint_id,
+            "since": since,
+            "until": until,
+            "subscribed": subscribed,
+            "types": None if types is None else list(types),
+        }
+        row = conn.execute(_sql("endpoint_replay"), params).fetchone()
+        requeued, created, already_pending = (int(v) for v in row) if row else (0, 0, 0)
+        if requeued or created:
+            conn.execute(_sql("relays_wake"))
+    return Replay(requeued, created, already_pending, endpoint_enabled=bool(enabled))

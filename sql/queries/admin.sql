@@ -1,0 +1,169 @@
+-- Operator queries behind `outbox endpoints`, `outbox deliveries`, `outbox redeliver` and
+-- `outbox replay`. Every parameter carries an explicit cast: psycopg sends None and str untyped.
+
+-- name: event_types_list
+select name from outbox.event_types order by name;
+
+-- name: endpoint_insert
+insert into outbox.endpoints (url, event_types, description, enabled, secret)
+values (%(url)s::text, %(event_types)s::text[], %(description)s::text, %(enabled)s::boolean,
+        %(secret)s::text)
+returning id;
+
+-- name: endpoint_exists
+select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
+
+-- name: endpoints_list
+-- The pending count walks the partial due index; the failed count walks the endpoint's
+-- deliveries, which is fine for an operator's listing.
+select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
+       (select count(*) from outbox.deliveries d
+        where d.endpoint_id = ep.id and d.status = 'pending') as pending,
+       (select count(*) from outbox.deliveries d
+        where d.endpoint_id = ep.id and d.status = 'failed') as failed
+from outbox.endpoints ep
+order by ep.created_at, ep.id;
+
+-- name: endpoint_get
+select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
+       ep.updated_at, ep.secret, c.pending, c.failed, c.delivered
+from outbox.endpoints ep
+cross join lateral (
+    select count(*) filter (where d.status = 'pending') as pending,
+           count(*) filter (where d.status = 'failed') as failed,
+           count(*) filter (where d.status = 'delivered') as delivered
+    from outbox.deliveries d
+    where d.endpoint_id = ep.id
+) c
+where ep.id = %(endpoint_id)s::text;
+
+-- name: endpoint_enabled_set
+-- Returns the pending deliveries that this switch holds back or releases.
+update outbox.endpoints
+set enabled = %(enabled)s::boolean, updated_at = now()
+where id = %(endpoint_id)s::text
+returning (select count(*) from outbox.deliveries d
+           where d.endpoint_id = %(endpoint_id)s::text and d.status = 'pending') as pending;
+
+-- name: endpoint_secret_set
+update outbox.endpoints
+set secret = %(secret)s::text, updated_at = now()
+where id = %(endpoint_id)s::text
+returning id;
+
+-- name: endpoint_lock
+-- FOR UPDATE conflicts with the KEY SHARE lock a new delivery's foreign key takes, so no
+-- delivery to this endpoint can appear between counting the pending ones and deleting.
+select id from outbox.endpoints where id = %(endpoint_id)s::text for update;
+
+-- name: endpoint_deliveries_count
+select count(*) filter (where status = 'pending') as pending, count(*) as total
+from outbox.deliveries
+where endpoint_id = %(endpoint_id)s::text;
+
+-- name: endpoint_delete
+delete from outbox.endpoints where id = %(endpoint_id)s::text;
+
+-- name: deliveries_list
+-- Identity ids grow with insertion, so id order is newest first and walks the primary key.
+select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
+       e.created_at as event_created_at, d.endpoint_id, d.next_attempt_at, d.last_attempt_at,
+       d.last_status_code, d.last_error, d.delivered_at, d.created_at
+from outbox.deliveries d
+join outbox.events e on e.id = d.event_id
+where (%(endpoint_id)s::text is null or d.endpoint_id = %(endpoint_id)s::text)
+  and (%(status)s::text is null or d.status = %(status)s::text)
+  and (%(event_type)s::text is null
+       or outbox.type_matches(array[%(event_type)s::text], e.type))
+order by d.id desc
+limit %(limit)s::integer;
+
+-- name: delivery_get
+select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
+       e.created_at as event_created_at, d.endpoint_id, d.next_attempt_at, d.last_attempt_at,
+       d.last_status_code, d.last_error, d.delivered_at, d.created_at
+from outbox.deliveries d
+join outbox.events e on e.id = d.event_id
+where d.id = %(delivery_id)s::bigint;
+
+-- name: attempts_list
+select attempt, started_at, duration_ms, status_code, error,
+       left(response_body, 200) as response_head,
+       coalesce(char_length(response_body), 0) as response_length
+from outbox.attempts
+where delivery_id = %(delivery_id)s::bigint
+order by attempt;
+
+-- name: deliveries_status_lock
+-- Lock the named deliveries first so a relay finishing one of them cannot slip in between
+-- reading its status and requeueing it.
+select id, status from outbox.deliveries
+where id = any(%(delivery_ids)s::bigint[])
+order by id
+for update;
+
+-- name: deliveries_requeue
+-- Due now, from the first rung of the retry ladder again: ladder_start = attempts, while the
+-- attempt number keeps counting up from where it was.
+update outbox.deliveries
+set status = 'pending', next_attempt_at = now(), ladder_start = attempts, delivered_at = null
+where id = any(%(delivery_ids)s::bigint[]) and status in ('failed', 'delivered')
+returning id;
+
+-- name: deliveries_failed_requeue
+-- --since means "failed since": the last attempt, which decided the failure, is at or after it.
+update outbox.deliveries
+set status = 'pending', next_attempt_at = now(), ladder_start = attempts, delivered_at = null
+where status = 'failed'
+  and (%(endpoint_id)s::text is null or endpoint_id = %(endpoint_id)s::text)
+  and (%(since)s::timestamptz is null
+       or coalesce(last_attempt_at, created_at) >= %(since)s::timestamptz)
+returning id;
+
+-- name: relays_wake
+select outbox.wake_relays();
+
+-- name: endpoint_share_lock
+-- Serialises replays of one endpoint (NO KEY UPDATE conflicts with itself) without blocking
+-- writers, whose new deliveries only take KEY SHARE on the endpoint.
+select event_types, enabled from outbox.endpoints
+where id = %(endpoint_id)s::text
+for no key update;
+
+-- name: endpoint_replay
+-- The window's events that the endpoint subscribes to (and that --types admits): the ones with a
+-- delivery to this endpoint are requeued unless still pending, the others get a new delivery.
+-- Runs after endpoint_share_lock, in a statement of its own so its snapshot sees what any replay
+-- that held the lock before it committed.
+with matching as (
+    select e.id
+    from outbox.events e
+    where e.created_at >= %(since)s::timestamptz
+      and (%(until)s::timestamptz is null or e.created_at < %(until)s::timestamptz)
+      and outbox.type_matches(%(subscribed)s::text[], e.type)
+      and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
+),
+existing as (
+    select d.id, d.event_id, d.status
+    from outbox.deliveries d
+    join matching m on m.id = d.event_id
+    where d.endpoint_id = %(endpoint_id)s::text
+),
+requeued as (
+    update outbox.deliveries d
+    set status = 'pending', next_attempt_at = now(), ladder_start = d.attempts,
+        delivered_at = null
+    from existing x
+    where d.id = x.id and d.status in ('failed', 'delivered')
+    returning d.id
+),
+created as (
+    insert into outbox.deliveries (event_id, endpoint_id)
+    select m.id, %(endpoint_id)s::text
+    from matching m
+    where not exists (select 1 from existing x where x.event_id = m.id)
+    returning id
+)
+select (select count(*) from requeued) as requeued,
+       (select count(*) from created) as created,
+       (select count(*) from existing where status = 'pending') as already_pending;
