@@ -20,6 +20,8 @@ COMMANDS = (
     "demo",
     "bench",
 )
+# Verbs registered by a module of another name.
+_VERB_MODULE = {"redeliver": "deliveries", "replay": "deliveries"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +31,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """Only the module of the verb being run: importing every verb (aiohttp, the benchmark's
+    pgqueuer) would cost each invocation a second of start-up. Help listings import them all."""
+    if argv is None:
+        return COMMANDS
+    words = [word for word in argv if not word.startswith("-")]
+    if not words:
+        return COMMANDS
+    module = _VERB_MODULE.get(words[0], words[0])
+    return (module,) if module in COMMANDS else COMMANDS
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with `argv`, only the verbs that argv can select are loaded."""
     parser = _Parser(
         prog="outbox",
         description="Outgoing webhooks for Stover: a PostgreSQL outbox and its delivery relay.",
@@ -37,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMANDS:
+    for name in _modules_for(argv):
         try:
             module = importlib.import_module(f"outbox.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -49,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     try:
         settings = config.load()
         logs.configure(settings.log_format)
