@@ -3,13 +3,10 @@ and the few helpers they share (writing a backlog, reading delivery state and re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,57 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from aiohttp import web
-from support import Received, Receiver, outbox_cmd
+from support import Received, start_relay
 
 Conn = psycopg.Connection[Any]
 
 
 @contextmanager
-def receiving(**kwargs: Any) -> Iterator[Receiver]:
-    """support.running_receiver, but closing its event loop on exit: the unclosed loop is
-    otherwise reported under warnings-as-errors in whichever test collects it."""
-    receiver = Receiver(**kwargs)
-    loop = asyncio.new_event_loop()
-    runners: list[web.AppRunner] = []
-
-    async def start() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", receiver._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        receiver.port = runner.addresses[0][1]
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-        yield receiver
-    finally:
-        if runners:
-            # Handlers left hanging on purpose must not fail the teardown.
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(runners[0].cleanup(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-
-
-@contextmanager
 def relay_process(env: dict[str, str], *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """An `outbox relay` process in its own session, its stderr appended to `log`; killed with
-    its process group if still running at exit, so a failing test leaves no relay behind. Tests
-    stop it themselves to check how it stops."""
-    with log.open("ab") as stderr:
-        proc = subprocess.Popen(
-            outbox_cmd("relay", *args),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+    """support.start_relay, with the relay killed (process group and all) if still running at
+    exit, so a failing test leaves no relay behind. Tests stop it themselves to check how."""
+    proc = start_relay(env, *args, log_path=str(log))
     try:
         yield proc
     finally:

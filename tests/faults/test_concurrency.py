@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from support import wait_until
+from support import running_receiver, wait_until
 
 from . import (
     Conn,
@@ -16,7 +16,6 @@ from . import (
     all_delivered,
     delivery_counts,
     log_lines,
-    receiving,
     relay_process,
     scalar,
     statuses,
@@ -33,7 +32,7 @@ def test_three_relays_send_every_delivery_exactly_once(
     conn: Conn, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     total = EVENTS * ENDPOINTS
-    with receiving() as receiver:
+    with running_receiver() as receiver:
         for n in range(ENDPOINTS):
             add_endpoint(conn, receiver.url(f"/hook{n}"))
         add_contacts(conn, EVENTS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import Received, stop, wait_until
+from support import Received, running_receiver, stop, wait_until
 
 from . import (
     Conn,
@@ -25,7 +25,6 @@ from . import (
     duplicates,
     event_ids,
     log_lines,
-    receiving,
     relay_env,
     relay_process,
     scalar,
@@ -90,7 +89,7 @@ def test_kill_9_mid_stream_loses_nothing(
 ) -> None:
     # The killed relay's leases last OUTBOX_TIMEOUT + 15 = 16 s; the survivors wait that out.
     env = relay_env(cli_env, TIMEOUT="1")
-    with receiving(default=slow_ok) as receiver:
+    with running_receiver(default=slow_ok) as receiver:
         add_endpoint(conn, receiver.url())
         add_contacts(conn, BACKLOG)
         with relay_process(env, "--concurrency", "50", log=tmp_path / "victim.log") as victim:
@@ -143,7 +142,7 @@ def test_sigterm_records_in_flight_attempts_and_hands_back_the_rest(
     # far longer than the checks below wait.
     env = relay_env(cli_env, TIMEOUT="30")
     log = tmp_path / "relay.log"
-    with receiving(default=answer) as receiver:
+    with running_receiver(default=answer) as receiver:
         add_endpoint(conn, receiver.url())
         add_contacts(conn, BACKLOG)
         with relay_process(env, "--concurrency", "50", "--grace", "1", log=log) as relay:
@@ -185,7 +184,7 @@ def test_sigterm_while_an_outcome_write_is_blocked_still_records_it(
     # on outbox.attempts: the relay is stopped with its recorder stuck mid-write, the way a slow
     # database leaves it. Every answered attempt must still end up on record.
     log = tmp_path / "relay.log"
-    with receiving(default=slow_ok) as receiver:
+    with running_receiver(default=slow_ok) as receiver:
         add_endpoint(conn, receiver.url())
         add_contacts(conn, BACKLOG)
         with (

@@ -8,9 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import Received, wait_until
+from support import Received, running_receiver, wait_until
 
-from . import Conn, add_contacts, add_endpoint, receiving, relay_env, relay_process, scalar
+from . import Conn, add_contacts, add_endpoint, relay_env, relay_process, scalar
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
     env = relay_env(cli_env, TIMEOUT=f"{TIMEOUT:g}")
     # Both endpoints live on one receiver (one host and port) under different paths, as hooks
     # of one service often do.
-    with receiving(behaviours={"/hang": hang}) as receiver:
+    with running_receiver(behaviours={"/hang": hang}) as receiver:
         hanging = add_endpoint(conn, receiver.url("/hang"))
         healthy = add_endpoint(conn, receiver.url("/ok"))
         add_contacts(conn, EVENTS)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from pgserver._commands import POSTGRES_BIN_PATH
-from support import Received, env_without_outbox, stop, wait_until
+from support import Received, env_without_outbox, running_receiver, stop, wait_until
 
 from outbox.db import connect, migrate
 
@@ -25,7 +25,6 @@ from . import (
     delivery_counts,
     duplicates,
     log_lines,
-    receiving,
     relay_process,
 )
 
@@ -105,7 +104,7 @@ def test_relay_survives_a_database_restart_mid_stream(
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "relay.log"
-    with receiving(default=slow_ok) as receiver:
+    with running_receiver(default=slow_ok) as receiver:
         with psycopg.connect(server.url, autocommit=True) as conn:
             add_endpoint(conn, receiver.url())
             add_contacts(conn, BACKLOG)
