@@ -86,6 +86,7 @@ def run(bench: Bench) -> Report:
             "relay_cpu_us_per_delivery": median([r.cpu_us for r in relay_rounds]),
             "baseline_cpu_us_per_request": median([r.cpu_us for r in client_rounds]),
             "receiver_cpu_us_per_request": median(receiver_cpu),
+            "record_lag_ms": median([r.record_lag_ms for r in relay_rounds]),
             "relay_rss_mb": peak,
             "recorded_delivered": counts.get("delivered", 0),
             "left_pending": counts.get("pending", 0),

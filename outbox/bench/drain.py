@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,16 @@ class Round:
 
     window: Window
     cpu_s: float
+    settled_at: float = 0.0  # time.time() when the round was seen settled (outcomes recorded)
 
     @property
     def rate(self) -> float:
         return self.window.rate
+
+    @property
+    def record_lag_ms(self) -> float:
+        """From the last arrival until the round was seen settled (includes polling, ~20 ms)."""
+        return max(0.0, self.settled_at - self.window.last) * 1000.0 if self.settled_at else 0.0
 
     @property
     def cpu_us(self) -> float:
@@ -69,4 +76,5 @@ def burst(
         return got >= expected and is_settled()
 
     wait_for(finished, drain_timeout(expected), f"{label} ({expected:,} deliveries)")
-    return Round(receiver.window(ports), sender.cpu() - cpu_before)
+    settled_at = time.time()
+    return Round(receiver.window(ports), sender.cpu() - cpu_before, settled_at)

@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         "--minutes",
         type=_minutes,
         default=None,
-        help="how long `soak` runs (default 10; 1 under `all`)",
+        help="how long `soak` runs (default 10; 1 under `all`; seconds with --quick)",
     )
     parser.add_argument(
         "--quick",
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     db = connect.resolve(settings)
     names = list(bench.SCENARIOS) if args.scenario == "all" else [args.scenario]
     minutes = args.minutes
-    if minutes is None and args.scenario == "all":
+    if minutes is None and args.scenario == "all" and not args.quick:
         minutes = 1.0
     # Children (the relay, the baseline client, the peer) run with the default settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
