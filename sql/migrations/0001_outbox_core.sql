@@ -8,7 +8,7 @@ create function outbox.new_id(prefix text) returns text
 language sql volatile parallel safe as $$
     select prefix || '_'
         || lpad(to_hex((extract(epoch from clock_timestamp()) * 1000000)::bigint), 14, '0')
-        || substr(md5(random()::text), 1, 12)
+        || lpad(to_hex((random() * 281474976710655)::bigint), 12, '0')
 $$;
 
 -- whsec_ + base64 of 32 bytes. gen_random_uuid() is the core server's strong random source; three
@@ -26,7 +26,8 @@ $$;
 create table outbox.event_types (
     name        text primary key
                 constraint event_type_name_format
-                check (name ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$'),
+                -- Two to four dot-separated segments: outbox.type_patterns() relies on the limit.
+                check (name ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$'),
     description text not null default '',
     created_at  timestamptz not null default now()
 );
@@ -123,6 +124,22 @@ language sql immutable parallel safe as $$
            or (p like '%.*' and starts_with(event_type, left(p, -1)))
     )
 $$;
+
+-- The subscription patterns that match an event type: '*', the type itself and each 'prefix.*'.
+-- Fan-out joins endpoints with `event_types && type_patterns(type)`: an inlinable expression,
+-- where calling type_matches() for every event and endpoint cost more than the capture itself.
+create function outbox.type_patterns(t text) returns text[]
+language sql immutable parallel safe
+return array_remove(array[
+    '*',
+    t,
+    case when split_part(t, '.', 2) <> '' then split_part(t, '.', 1) || '.*' end,
+    case when split_part(t, '.', 3) <> ''
+         then split_part(t, '.', 1) || '.' || split_part(t, '.', 2) || '.*' end,
+    case when split_part(t, '.', 4) <> ''
+         then split_part(t, '.', 1) || '.' || split_part(t, '.', 2) || '.'
+              || split_part(t, '.', 3) || '.*' end
+], null);
 
 create trigger endpoints_check
     before insert or update of url, event_types on outbox.endpoints
@@ -236,7 +253,7 @@ create trigger events_forget
 --     with ev as (insert into outbox.events ... returning id, type)
 --     insert into outbox.deliveries (event_id, endpoint_id)
 --     select ev.id, ep.id from ev join outbox.endpoints ep
---         on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
+--         on ep.enabled and ep.event_types && outbox.type_patterns(ev.type);
 --
 -- One statement instead of a second trigger level on outbox.events: that second level (its own
 -- transition table and plpgsql call) measured as much as the capture itself. Applications add
@@ -249,8 +266,8 @@ language plpgsql as $$
 declare
     event_id text;
 begin
-    if event_type !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$' then
-        raise exception 'event type % must look like entity.action (lowercase, dot-separated)',
+    if event_type !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$' then
+        raise exception 'event type % must look like entity.action (lowercase, 2 to 4 dot-separated parts)',
                 quote_literal(event_type)
             using errcode = 'check_violation';
     end if;
@@ -265,9 +282,10 @@ begin
     )
     insert into outbox.deliveries (event_id, endpoint_id)
     select ev.id, ep.id
-    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
-    if found then
-        perform outbox.wake_relays();
+    from ev join outbox.endpoints ep on ep.enabled and ep.event_types && outbox.type_patterns(ev.type);
+    if found and exists (select 1 from outbox.relays
+                         where idle and heartbeat_at > now() - interval '1 minute') then
+        perform pg_notify('outbox_due', '');
     end if;
     return event_id;
 end

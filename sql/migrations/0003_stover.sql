@@ -111,7 +111,9 @@ create trigger outbox_stover_attribution_events_created
 -- deal.updated for every changed deal; deal.stage_changed when stage changed; and
 -- deal.closed_won / deal.closed_lost when stage became one of those.
 create function outbox.capture_deal_update() returns trigger
-language plpgsql set timezone to 'UTC' as $$
+language plpgsql as $$
+declare
+    zone text := outbox.utc_begin();
 begin
     with ev as (
         insert into outbox.events (type, data, previous_attributes)
@@ -138,10 +140,12 @@ begin
     )
     insert into outbox.deliveries (event_id, endpoint_id)
     select ev.id, ep.id
-    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
-    if found then
-        perform outbox.wake_relays();
+    from ev join outbox.endpoints ep on ep.enabled and ep.event_types && outbox.type_patterns(ev.type);
+    if found and exists (select 1 from outbox.relays
+                         where idle and heartbeat_at > now() - interval '1 minute') then
+        perform pg_notify('outbox_due', '');
     end if;
+    perform outbox.utc_end(zone);
     return null;
 end
 $$;
@@ -154,7 +158,9 @@ create trigger outbox_stover_deals_updated
 -- post.scheduled / post.published / post.failed when a write makes status one of those: an
 -- INSERT with that status, or an UPDATE that changed status to it.
 create function outbox.capture_post_insert() returns trigger
-language plpgsql set timezone to 'UTC' as $$
+language plpgsql as $$
+declare
+    zone text := outbox.utc_begin();
 begin
     with ev as (
         insert into outbox.events (type, data)
@@ -165,16 +171,20 @@ begin
     )
     insert into outbox.deliveries (event_id, endpoint_id)
     select ev.id, ep.id
-    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
-    if found then
-        perform outbox.wake_relays();
+    from ev join outbox.endpoints ep on ep.enabled and ep.event_types && outbox.type_patterns(ev.type);
+    if found and exists (select 1 from outbox.relays
+                         where idle and heartbeat_at > now() - interval '1 minute') then
+        perform pg_notify('outbox_due', '');
     end if;
+    perform outbox.utc_end(zone);
     return null;
 end
 $$;
 
 create function outbox.capture_post_update() returns trigger
-language plpgsql set timezone to 'UTC' as $$
+language plpgsql as $$
+declare
+    zone text := outbox.utc_begin();
 begin
     with ev as (
         insert into outbox.events (type, data, previous_attributes)
@@ -193,10 +203,12 @@ begin
     )
     insert into outbox.deliveries (event_id, endpoint_id)
     select ev.id, ep.id
-    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type);
-    if found then
-        perform outbox.wake_relays();
+    from ev join outbox.endpoints ep on ep.enabled and ep.event_types && outbox.type_patterns(ev.type);
+    if found and exists (select 1 from outbox.relays
+                         where idle and heartbeat_at > now() - interval '1 minute') then
+        perform pg_notify('outbox_due', '');
     end if;
+    perform outbox.utc_end(zone);
     return null;
 end
 $$;
