@@ -95,11 +95,13 @@ def check_url(url: str) -> str | None:
     parsed = _parse(url)
     if isinstance(parsed, str):
         return parsed
+    # Reasons never quote the URL: endpoint URLs often carry a token in their path or query.
     if parsed.scheme not in {"http", "https"}:
-        return f"not an absolute http(s) URL: {_clip(url)}"
+        scheme = f" (scheme {_clip(parsed.scheme, 20)!r})" if parsed.scheme else ""
+        return f"not an absolute http(s) URL{scheme}"
     host = parsed.raw_host
     if not host:
-        return f"missing host: {_clip(url)}"
+        return "missing host"
     if parsed.raw_user or parsed.raw_password:
         return "userinfo (user:password@) is not allowed in the URL; send credentials another way"
     if parsed.explicit_port == 0:

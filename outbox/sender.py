@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import re
@@ -28,8 +29,11 @@ ALLOW_HINT: Final = "(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
 # Shorter than the 5 s idle timeout of Node's http server, so a pooled connection is rarely
 # reused in the instant the receiver closes it (a POST is not retried on a stale connection).
 KEEPALIVE_SECONDS: Final = 4.0
+MAX_TRACKED_HOSTS: Final = 1024
 _RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _SSL_SOURCE: Final = re.compile(r" \(_ssl\.c:\d+\)")
+
+HostKey = tuple[str, str, int | None]  # scheme, host, port: what aiohttp pools connections by
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,8 @@ class Sender:
         max_per_host: int = 64,
         user_agent: str,
     ) -> None:
+        if max_connections < 1 or max_per_host < 1:
+            raise ValueError("max_connections and max_per_host must be at least 1")
         self._timeout = timeout
         self._allow_private = allow_private_networks
         self._max_connections = max_connections
@@ -105,6 +111,12 @@ class Sender:
         self._user_agent = user_agent
         self._timeout_error = f"timeout: no response within {timeout:g}s"
         self._session: aiohttp.ClientSession | None = None
+        # Attempts queue here, first come first served, rather than in aiohttp's pool: there a
+        # task that has just released a connection takes it straight back ahead of older
+        # waiters, and the waiting counts against the timeout, so queued attempts can time out
+        # without ever being sent.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._host_slots: dict[HostKey, asyncio.Semaphore] = {}
 
     async def __aenter__(self) -> Sender:
         resolver: AbstractResolver = aiohttp.DefaultResolver()
@@ -144,14 +156,31 @@ class Sender:
         session = self._session
         if session is None:
             raise RuntimeError("Sender.send called outside `async with Sender(...)`")
-        started = time.perf_counter()
         target = _vet(url, self._allow_private)
         if isinstance(target, str):
-            return _failed(target, None, started)
+            return _failed(target, None, time.perf_counter())
+        parsed, host = target
+        host_slots = self._host_slots.get(host) or self._add_host(host)
+        async with host_slots, self._slots:
+            return await self._post(session, parsed, body, headers)
+
+    def _add_host(self, host: HostKey) -> asyncio.Semaphore:
+        if len(self._host_slots) >= MAX_TRACKED_HOSTS:
+            # Forget idle hosts; aiohttp's own per-host limit still holds meanwhile.
+            for key, slots in list(self._host_slots.items()):
+                if not slots.locked():
+                    del self._host_slots[key]
+        slots = self._host_slots[host] = asyncio.Semaphore(self._max_per_host)
+        return slots
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: URL, body: bytes, headers: Mapping[str, str]
+    ) -> Outcome:
+        started = time.perf_counter()
         status: int | None = None
         try:
             async with session.post(
-                target, data=body, headers=headers, allow_redirects=False
+                url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 kept = await _read_capped(response)
@@ -166,8 +195,9 @@ class Sender:
 
 
 @functools.lru_cache(maxsize=4096)
-def _vet(url: str, allow_private: bool) -> URL | str:
-    """The parsed URL, or why no request may be made to it (cached: endpoints repeat)."""
+def _vet(url: str, allow_private: bool) -> tuple[URL, HostKey] | str:
+    """The parsed URL and its host, or why no request may be made to it (cached: endpoints
+    repeat)."""
     problem = netguard.check_url(url)
     if problem is not None:
         return f"invalid_url: {problem}"
@@ -176,7 +206,7 @@ def _vet(url: str, allow_private: bool) -> URL | str:
     # An IP literal never reaches the resolver, so it is checked here.
     if not allow_private and host is not None and netguard.is_blocked_literal(host):
         return f"blocked: {parsed.host} is a private address {ALLOW_HINT}"
-    return parsed
+    return parsed, (parsed.scheme, host or "", parsed.port)
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:

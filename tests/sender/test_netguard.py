@@ -150,3 +150,19 @@ def test_unusable_urls_are_rejected_with_a_reason(url: str, reason: str) -> None
 )
 def test_only_ip_literals_are_judged_by_their_spelling(host: str, blocked: bool) -> None:
     assert is_blocked_literal(host) is blocked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/hooks/T0KEN-s3cret",
+        "http:///hooks/T0KEN-s3cret",
+        "http://user:T0KEN-s3cret@example.com/",
+        "http://example.com:0/hooks/T0KEN-s3cret",
+    ],
+)
+def test_reasons_do_not_quote_the_urls_path_or_credentials(url: str) -> None:
+    problem = check_url(url)
+
+    assert problem is not None
+    assert "T0KEN-s3cret" not in problem

@@ -39,6 +39,8 @@ class Receiver:
     received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     transports: set[object] = field(default_factory=set)
     landing_hits: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
     stream_ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -95,6 +97,16 @@ class Receiver:
             self.stream_ended.set()
         return response
 
+    async def slow(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.4)  # a slow receiver, not a wait for something to happen
+        finally:
+            self.in_flight -= 1
+        return web.Response(text="slow")
+
     async def stall_body(self, request: web.Request) -> web.StreamResponse:
         await self.record(request)
         response = web.StreamResponse()
@@ -117,6 +129,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     app.router.add_post("/chunked", rec.chunked)
     app.router.add_post("/endless", rec.endless)
     app.router.add_post("/stall-body", rec.stall_body)
+    app.router.add_post("/slow", rec.slow)
     runner = web.AppRunner(app, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -240,6 +253,23 @@ async def test_connections_are_reused_between_attempts(sender: Sender, receiver:
 
     assert all(outcome.ok for outcome in outcomes)
     assert len(receiver.transports) == 1
+
+
+async def test_attempts_queued_behind_the_per_host_limit_get_their_full_timeout(
+    receiver: Receiver,
+) -> None:
+    # Six attempts, one connection, 0.4 s each: the last waits about 2 s for its turn, longer
+    # than the 1.5 s timeout, which bounds only its own exchange.
+    async with Sender(
+        timeout=1.5, allow_private_networks=True, max_per_host=1, user_agent="t"
+    ) as sender:
+        outcomes = await asyncio.gather(
+            *(send_json(sender, receiver.url("/slow")) for _ in range(6))
+        )
+
+    assert [outcome.error for outcome in outcomes] == [None] * 6
+    assert receiver.most_in_flight == 1
+    assert len(receiver.received) == 6
 
 
 @pytest.mark.parametrize("code", [400, 401, 404, 422, 500, 502])
