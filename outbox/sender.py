@@ -130,8 +130,9 @@ class Sender:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            # `total` covers connecting, sending and reading the whole (capped) response; it also
-            # counts time spent waiting for a free pooled connection.
+            # `total` covers connecting, sending and reading the whole (capped) response. The
+            # slots in `send` admit no more requests than the pool allows, so it never includes
+            # waiting for a pooled connection.
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             headers={"User-Agent": self._user_agent},
             request_class=_ExactRequest,
