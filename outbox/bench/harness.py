@@ -152,7 +152,7 @@ class Progress:
         if self.tty:
             pad = max(self._shown - len(line), 0)
             self.stream.write("\r" + line + " " * pad + ("\n" if final else ""))
-            self._shown = 0 if final else len(line)
+            self._shown = 0 if final else len(line) + pad
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
@@ -175,8 +175,9 @@ class Bench:
     embedded: bool = True
     quick: bool = False
     minutes: float | None = None
-    _machine: dict[str, object] | None = None
-    _load: float = float("nan")  # the 1-minute load average when the scenario's database was made
+    _machine: dict[str, object] | None = field(default=None, init=False, repr=False)
+    # The 1-minute load average when the scenario's database was made: other work on the machine.
+    _load: float = field(default=float("nan"), init=False, repr=False)
 
     @contextlib.contextmanager
     def database(self, label: str) -> Iterator[str]:

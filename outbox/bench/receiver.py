@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,6 +139,34 @@ def _answer(state: _State, message: tuple[Any, ...]) -> Any:
     raise ValueError(f"unknown receiver command {command!r}")
 
 
+def _control(
+    control: Connection,
+    loop: asyncio.AbstractEventLoop,
+    state: _State,
+    stopped: asyncio.Future[None],
+) -> None:
+    """Answer the parent's commands, each computed on the event loop's thread."""
+    while True:
+        try:
+            message = control.recv()
+        except EOFError:
+            message = ("stop",)
+        if message[0] == "stop":
+            loop.call_soon_threadsafe(_finish, stopped)
+            return
+        answer = asyncio.run_coroutine_threadsafe(_on_loop(state, message), loop)
+        control.send(answer.result())
+
+
+def _finish(stopped: asyncio.Future[None]) -> None:
+    if not stopped.done():
+        stopped.set_result(None)
+
+
+async def _on_loop(state: _State, message: tuple[Any, ...]) -> Any:
+    return _answer(state, message)
+
+
 async def _main(control: Connection, ports: int, hang: Sequence[int]) -> None:
     loop = asyncio.get_running_loop()
     state = _State([Window() for _ in range(ports)])
@@ -152,21 +181,10 @@ async def _main(control: Connection, ports: int, hang: Sequence[int]) -> None:
         servers.append(server)
     control.send([s.sockets[0].getsockname()[1] for s in servers])
     stopped: asyncio.Future[None] = loop.create_future()
-
-    def on_command() -> None:
-        try:
-            message = control.recv()
-        except EOFError:
-            message = ("stop",)
-        if message[0] == "stop":
-            if not stopped.done():
-                stopped.set_result(None)
-            return
-        control.send(_answer(state, message))
-
-    loop.add_reader(control.fileno(), on_command)
+    # The pipe is served from a thread with blocking I/O: an event loop's reader would make the
+    # descriptor non-blocking, and a large answer (the records) would then fail half-written.
+    threading.Thread(target=_control, args=(control, loop, state, stopped), daemon=True).start()
     await stopped
-    loop.remove_reader(control.fileno())
     for server in servers:
         server.close()
     for transport in list(state.hung):
