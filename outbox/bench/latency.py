@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from outbox.bench import writer
+from outbox.bench.drain import drain_timeout
 from outbox.bench.harness import Bench, Progress, Report, at_most, wait_for
 from outbox.bench.receiver import Receiver
 from outbox.db.benchdb import BenchDb
@@ -30,7 +31,7 @@ def run(bench: Bench) -> Report:
                 progress(f"latency: {got:,}/{expected:,} arrived")
                 return got >= expected and db.pending() == 0
 
-            wait_for(arrived, 60.0, f"delivery of {expected:,} events")
+            wait_for(arrived, drain_timeout(expected), f"delivery of {expected:,} events")
             relay_cpu = relay.cpu() - cpu
         timed = writer.arrivals(writes.commits, rx.records(), db.event_contacts())
         steady = [lat * 1000.0 for when, lat in timed if when >= writes.started + WARMUP]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from outbox.bench import writer
+from outbox.bench.drain import drain_timeout
 from outbox.bench.harness import Bench, Progress, Report, at_most, wait_for
 from outbox.bench.procs import Child
 from outbox.bench.receiver import Receiver
@@ -83,7 +84,9 @@ def run(bench: Bench) -> Report:
                 progress(f"soak: {got:,}/{expected:,} arrived")
                 return got >= expected and db.pending() == 0
 
-            wait_for(caught_up, 120.0, f"delivery of the soak's {expected:,} events")
+            wait_for(
+                caught_up, drain_timeout(expected), f"delivery of the soak's {expected:,} events"
+            )
             sampler(force=True)
         timed = writer.arrivals(writes.commits, sampler.records, db.event_contacts())
         arrivals = sorted(when + latency for when, latency in timed)
