@@ -28,9 +28,9 @@ USER_AGENT = f"Stover-Webhooks/{__version__}"
 class Options:
     """How hard one relay process works."""
 
-    concurrency: int = 200  # attempts in flight at once, across all endpoints
-    per_endpoint: int = 50  # attempts in flight at once to any one endpoint
-    batch: int = 100  # deliveries claimed per query
+    concurrency: int = 256  # attempts in flight at once, across all endpoints
+    per_endpoint: int = 128  # attempts in flight at once to any one endpoint
+    batch: int = 64  # deliveries claimed per query (at most per_endpoint)
     poll_interval: float = 1.0  # the longest an idle relay sleeps without a wake-up
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
 
@@ -124,6 +124,7 @@ class Relay:
         self._results_ready = asyncio.Event()
         self._nudge = asyncio.Event()
         self._gone: set[str] = set()
+        self._fruitless: tuple[frozenset[str], float] = (frozenset(), 0.0)
         self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
 
@@ -304,12 +305,24 @@ class Relay:
     async def _step(self, stop: asyncio.Event, state: dict[str, float | bool]) -> None:
         """One pass of the loop: claim what fits, or sleep until work is due or a wake-up."""
         opts = self.options
-        room = opts.concurrency - len(self._flight.held)
+        flight = self._flight
+        room = opts.concurrency - len(flight.held)
         if room <= 0:
             await self._wait(opts.poll_interval, stop)
             return
-        limit = min(opts.batch, room)
-        busy = self._flight.busy_endpoints(opts.per_endpoint)
+        # Endpoints at their cap are skipped; the claim is no larger than what the fullest of
+        # the others can still take, so it never brings more of an endpoint's deliveries than
+        # its cap allows and nothing has to be handed back.
+        busy = flight.busy_endpoints(opts.per_endpoint)
+        fullest = max((n for n in flight.per_endpoint.values() if n < opts.per_endpoint), default=0)
+        limit = min(opts.batch, room, opts.per_endpoint - fullest)
+        skip_set, skip_until = self._fruitless
+        if busy and frozenset(busy) == skip_set and time.monotonic() < skip_until:
+            # The last claim that skipped these same busy endpoints found nothing else due.
+            # Skipping them walks the due index past all their rows, so do not repeat it on
+            # every completed attempt: wait until one of them frees up, a wake-up, or the poll.
+            await self._wait(skip_until - time.monotonic(), stop)
+            return
         claimed = await self.store.claim(limit, self.settings.lease_seconds, busy)
         overflow = self._dispatch(claimed)
         if overflow:
@@ -319,6 +332,9 @@ class Relay:
                 # Saturated: stop asking writers for NOTIFYs; this relay is polling anyway.
                 await self.store.announce(self.relay_id, idle=False)
                 state["idle"] = False
+            return
+        if busy:
+            self._fruitless = (frozenset(busy), time.monotonic() + opts.poll_interval)
             return
         if not state["idle"]:
             # Say we are idle first, then look once more: a write that committed before the
@@ -331,7 +347,7 @@ class Relay:
             state["announced"] = time.monotonic()
         if claimed:
             return
-        due = await self.store.next_due(busy)
+        due = await self.store.next_due()
         # Rows that look due but were not claimable are locked by another relay's claim for a
         # moment; look again shortly rather than spin.
         wait = opts.poll_interval if due is None else min(opts.poll_interval, max(due, 0.05))

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     options = Options(
         concurrency=args.concurrency,
         per_endpoint=min(args.per_endpoint, args.concurrency),
-        batch=min(args.batch, args.concurrency),
+        batch=min(args.batch, args.per_endpoint, args.concurrency),
         poll_interval=args.poll_interval,
         grace=args.grace,
     )
