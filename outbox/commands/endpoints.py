@@ -154,6 +154,17 @@ def _register_changes(actions: Any) -> None:
         "--yes", action="store_true", help="delete even if deliveries are still pending"
     )
 
+    test = actions.add_parser(
+        "test",
+        help="send the endpoint a signed test event now and show its answer",
+        description='POST a signed sample event ({"test": true}) to the endpoint, exactly as '
+        "the relay signs deliveries, and show the answer. Nothing is recorded.",
+    )
+    _endpoint_id(test)
+    test.add_argument(
+        "--type", default=None, help="event type to send (default: its first subscribed type)"
+    )
+
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     action: Callable[[argparse.Namespace, Settings], int] = _ACTIONS[args.action]
@@ -162,6 +173,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _url(settings: Settings) -> str:
     return connect.resolve(settings).url
+
+
+def _test(args: argparse.Namespace, settings: Settings) -> int:
+    from outbox import probe  # noqa: PLC0415 - httpx only for this action
+
+    with admin.session(_url(settings)) as conn:
+        endpoint = admin.get_endpoint(conn, args.endpoint_id)
+        known = admin.known_event_types(conn)
+    if endpoint is None:
+        raise _no_endpoint(args.endpoint_id)
+    event_type = args.type or next(
+        (t for t in known if any(type_matches(p, t) for p in endpoint.event_types)), known[0]
+    )
+    result = probe.send_test(
+        endpoint.url,
+        endpoint.secret,
+        event_type,
+        timeout=settings.timeout,
+        allow_private_networks=settings.allow_private_networks,
+    )
+    verdict = f"HTTP {result.status_code}" if result.status_code is not None else "no answer"
+    render.emit(
+        f"{event_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
+        + (f" ({render.clean(result.error)})" if result.error else "")
+    )
+    if result.response_body:
+        render.emit(render.clean(result.response_body[:200]))
+    return 0 if result.ok else 1
 
 
 def _no_endpoint(endpoint_id: str) -> OutboxError:
@@ -319,4 +358,5 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "enable": _switch,
     "rotate-secret": _rotate,
     "delete": _delete,
+    "test": _test,
 }
