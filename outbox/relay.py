@@ -125,6 +125,7 @@ class Relay:
         self._nudge = asyncio.Event()
         self._gone: set[str] = set()
         self._fruitless: tuple[frozenset[str], float] = (frozenset(), 0.0)
+        self._next_retry: float | None = None  # monotonic time of the earliest retry scheduled
         self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
 
@@ -172,6 +173,14 @@ class Relay:
         )
         if outcome.gone:
             self._gone.add(c.endpoint_id)
+        if status == "pending":
+            due = time.monotonic() + delay
+            if (
+                self._next_retry is None
+                or due < self._next_retry
+                or (self._next_retry < time.monotonic())
+            ):
+                self._next_retry = due
         self._report(c, result)
         return result
 
@@ -274,13 +283,16 @@ class Relay:
             raise
         finally:
             flight = self._flight
+            was_full = len(flight.held) >= self.options.concurrency
             del flight.held[c.delivery_id]
             left = flight.per_endpoint[c.endpoint_id] - 1
             if left:
                 flight.per_endpoint[c.endpoint_id] = left
             else:
                 del flight.per_endpoint[c.endpoint_id]
-            self._nudge.set()
+            # Only a relay held back by a cap needs waking when a slot frees up.
+            if was_full or left + 1 >= self.options.per_endpoint:
+                self._nudge.set()
 
     async def _listener(self) -> None:
         backoff = 0.2
@@ -296,14 +308,16 @@ class Relay:
                 backoff = min(backoff * 2, 5.0)
 
     async def _wait(self, seconds: float, stop: asyncio.Event) -> None:
+        """Sleep until nudged or `seconds` pass. Each step clears the nudge before its claim, so
+        a wake-up that arrives while the claim runs is not lost."""
         if stop.is_set():
             return
-        self._nudge.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._nudge.wait(), timeout=max(seconds, 0.0))
 
     async def _step(self, stop: asyncio.Event, state: dict[str, float | bool]) -> None:
         """One pass of the loop: claim what fits, or sleep until work is due or a wake-up."""
+        self._nudge.clear()
         opts = self.options
         flight = self._flight
         room = opts.concurrency - len(flight.held)
@@ -346,12 +360,20 @@ class Relay:
             await self.store.announce(self.relay_id, idle=True)
             state["announced"] = time.monotonic()
         if claimed:
+            # Drained for now: what comes due next is a retry this relay scheduled, or one it
+            # hears of by NOTIFY, or another relay's, found by the poll.
+            await self._wait(min(opts.poll_interval, self._until_own_retry()), stop)
             return
         due = await self.store.next_due()
         # Rows that look due but were not claimable are locked by another relay's claim for a
         # moment; look again shortly rather than spin.
         wait = opts.poll_interval if due is None else min(opts.poll_interval, max(due, 0.05))
         await self._wait(wait, stop)
+
+    def _until_own_retry(self) -> float:
+        if self._next_retry is None:
+            return float("inf")
+        return max(self._next_retry - time.monotonic(), 0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, then shut down gracefully."""
