@@ -174,13 +174,10 @@ class Relay:
         if outcome.gone:
             self._gone.add(c.endpoint_id)
         if status == "pending":
-            due = time.monotonic() + delay
-            if (
-                self._next_retry is None
-                or due < self._next_retry
-                or (self._next_retry < time.monotonic())
-            ):
-                self._next_retry = due
+            now = time.monotonic()
+            earliest = self._next_retry
+            if earliest is None or earliest <= now or now + delay < earliest:
+                self._next_retry = now + delay
         self._report(c, result)
         return result
 

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import secrets
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from outbox import render
+from outbox import render, signing
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 
 TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
-
-
-def new_secret() -> str:
-    """A fresh signing secret: whsec_ and the base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def mask(secret: str) -> str:
@@ -210,7 +203,7 @@ def _no_endpoint(endpoint_id: str) -> OutboxError:
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     url = check_url(args.url)
     patterns = parse_types(args.events)
-    secret = new_secret()
+    secret = signing.generate_secret()
     with admin.session(_url(settings)) as conn:
         check_types(patterns, admin.known_event_types(conn))
         endpoint_id = admin.create_endpoint(
@@ -320,7 +313,7 @@ def _switch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    secret = new_secret()
+    secret = signing.generate_secret()
     with admin.session(_url(settings)) as conn:
         if not admin.set_endpoint_secret(conn, args.endpoint_id, secret):
             raise _no_endpoint(args.endpoint_id)

@@ -116,10 +116,10 @@ class Store:
         async with self.pool.connection() as conn:
             await conn.execute(Q["endpoints_disable_gone"], {"ids": list(endpoint_ids)})
 
-    async def next_due(self, busy: Sequence[str] = ()) -> float | None:
+    async def next_due(self) -> float | None:
         """Seconds until the next delivery is due (<= 0: due now); None when nothing is pending."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(Q["deliveries_next_due"], {"busy": list(busy)})
+            cur = await conn.execute(Q["deliveries_next_due"])
             row = await cur.fetchone()
         return None if row is None else float(row[0])
 
@@ -130,10 +130,6 @@ class Store:
     async def forget(self, relay_id: str) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["relay_forget"], {"id": relay_id})
-
-    async def vacuum(self) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(Q["deliveries_vacuum"])
 
 
 async def listen(url: str) -> AsyncIterator[None]:

@@ -79,7 +79,6 @@ where d.id = r.id
 select extract(epoch from d.next_attempt_at - now())::float8
 from outbox.deliveries d
 where d.status = 'pending'
-  and d.endpoint_id <> all (%(busy)s::text[])
   and exists (select 1 from outbox.endpoints ep where ep.id = d.endpoint_id and ep.enabled)
 order by d.next_attempt_at
 limit 1;
@@ -101,6 +100,3 @@ on conflict (id) do update set idle = excluded.idle, heartbeat_at = excluded.hea
 
 -- name: relay_forget
 delete from outbox.relays where id = %(id)s;
-
--- name: deliveries_vacuum
-vacuum (analyze false) outbox.deliveries;
