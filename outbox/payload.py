@@ -8,7 +8,9 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import NoReturn
+from typing import NoReturn, cast
+
+import orjson
 
 # The seed's Node.js receiver signs `JSON.stringify(JSON.parse(body))`, so the body must already be
 # in that canonical form: numbers as ECMAScript's Number::toString writes them, strings escaped as
@@ -20,6 +22,8 @@ _INTEGER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _ARRAY_INDEX_RE = re.compile(r"0|[1-9][0-9]{0,9}")
 _SURROGATES_RE = re.compile(r"[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]")
 _DIGITS = frozenset("0123456789")
+# Integers JavaScript writes back digit for digit: below 10**15 no double rounds them.
+_EXACT_INT = 10**15
 # The C encoder escapes `"`, `\`, \b \f \n \r \t and other controls as lowercase \u00xx, and
 # leaves everything else (U+007F, U+2028, U+2029, non-ASCII) raw: exactly JSON.stringify's set.
 _encode_string = json.encoder.encode_basestring
@@ -68,6 +72,38 @@ def render_event(
     previous_json: str | None,
 ) -> bytes:
     """The UTF-8 request body of one event; `data_json`/`previous_json` are `jsonb::text`."""
+    data = _as_is(data_json)
+    previous = None if previous_json is None else _as_is(previous_json)
+    if data is not None and (previous is not None or previous_json is None):
+        try:
+            head = [
+                b'{"id":',
+                orjson.dumps(event_id),
+                b',"type":',
+                orjson.dumps(event_type),
+                b',"created_at":"',
+                _utc_seconds(created_at).encode("ascii"),
+                b'","data":',
+                data,
+            ]
+        except TypeError:  # orjson refuses lone surrogates; the general path escapes them
+            pass
+        else:
+            if previous is not None:
+                head += (b',"previous_attributes":', previous)
+            head.append(b"}")
+            return b"".join(head)
+    return render_event_general(event_id, event_type, created_at, data_json, previous_json)
+
+
+def render_event_general(
+    event_id: str,
+    event_type: str,
+    created_at: datetime,
+    data_json: str,
+    previous_json: str | None,
+) -> bytes:
+    """render_event without its shortcut: every number and key through JavaScript's rules."""
     parts = [
         '{"id":',
         _encode_string(event_id),
@@ -87,6 +123,52 @@ def render_event(
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return _fix_surrogates(text).encode("utf-8")
+
+
+def _as_is(json_text: str) -> bytes | None:
+    """`json_text` compacted, when nothing in it needs JavaScript's number or key rules (no
+    fractions or exponents, no integer beyond 10**15, no key starting with a digit): then
+    JSON.stringify writes it just so, as orjson escapes strings exactly as it does and keeps key
+    order. None when it needs the general renderer."""
+    try:
+        value = orjson.loads(json_text)
+        return orjson.dumps(value) if _plain(value) else None
+    except (ValueError, TypeError, RecursionError):  # lone surrogates, huge integers, deep nesting
+        return None
+
+
+def _plain(value: object) -> bool:
+    """Whether a parsed tree holds only strings, booleans, nulls, integers below 10**15, and
+    objects none of whose keys starts with a digit."""
+    kind = type(value)
+    items: Iterable[object]
+    if kind is dict:
+        obj = cast(dict[str, object], value)
+        if obj and min(obj) < ":" and any(key[:1] in _DIGITS for key in obj):
+            return False
+        items = obj.values()
+    elif kind is list:
+        items = cast(list[object], value)
+    else:
+        return _plain_scalar(value)
+    for item in items:
+        kind = type(item)
+        if kind is str or item is None:
+            continue
+        if kind is int:
+            if -_EXACT_INT < cast(int, item) < _EXACT_INT:
+                continue
+            return False
+        if not _plain(item):
+            return False
+    return True
+
+
+def _plain_scalar(value: object) -> bool:
+    kind = type(value)
+    if kind is int:
+        return -_EXACT_INT < cast(int, value) < _EXACT_INT
+    return kind is str or kind is bool or value is None
 
 
 def dumps(value: object) -> str:
@@ -172,7 +254,15 @@ def _format_digits(shortest: str) -> str:
 def _utc_seconds(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("created_at must be timezone-aware")
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    u = moment.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 - measured twice as fast as isoformat
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
+    )
 
 
 def _write(value: object, parts: list[str]) -> None:

@@ -6,8 +6,19 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
 
-from outbox.payload import JsonNumber, dumps, js_number, js_string, parse, render_event
+from outbox import payload
+from outbox.payload import (
+    JsonNumber,
+    dumps,
+    js_number,
+    js_string,
+    parse,
+    render_event,
+    render_event_general,
+)
+from tests.unit.jsontrees import Event, events
 
 # Expected values were checked against Node.js 20's JSON.stringify(JSON.parse(text)), except the
 # two documented departures: integers beyond 2**53 and decimals beyond the double range keep
@@ -187,3 +198,36 @@ def test_the_body_is_the_same_bytes_every_time() -> None:
 def test_non_finite_numbers_in_the_data_are_refused(data: str) -> None:
     with pytest.raises(ValueError, match="cannot come from jsonb"):
         render_event("evt_10", "contact.created", CREATED, data, None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=events)
+def test_the_shortcut_for_plain_data_writes_what_the_general_renderer_writes(event: Event) -> None:
+    body, data_json, previous_json = event.render()
+    general = render_event_general(
+        event.event_id, event.event_type, event.created_at, data_json, previous_json
+    )
+    assert body == general
+
+
+@pytest.mark.parametrize(
+    "data_json",
+    [
+        '{"n": 999999999999999, "m": -999999999999999, "s": "12:30:45.5 1e5 \\"7\\": x"}',
+        '{"a": [true, false, null, {"b": "\\u2028 \\u0007 \\\\ \\""}], "z": "😀"}',
+    ],
+)
+def test_plain_data_takes_the_shortcut_and_matches_the_general_renderer(data_json: str) -> None:
+    body = render_event("evt_9", "contact.created", CREATED, data_json, data_json)
+    assert body == render_event_general("evt_9", "contact.created", CREATED, data_json, data_json)
+    assert payload._as_is(data_json) is not None
+
+
+@pytest.mark.parametrize(
+    "data_json",
+    ['{"n": 1.5}', '{"n": 1e5}', '{"n": 1000000000000000}', '{"1": "x"}', '{"s": "\\ud800"}'],
+)
+def test_numbers_and_keys_that_need_javascripts_rules_take_the_general_path(
+    data_json: str,
+) -> None:
+    assert payload._as_is(data_json) is None
