@@ -128,6 +128,8 @@ class Relay:
         self._next_retry: float | None = None  # monotonic time of the earliest retry scheduled
         self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
+        # Bound once: the module's lazy logger would rebuild itself on every attempt's line.
+        self._attempt_log = log.bind()
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class Relay:
         if self.observer is not None:
             self.observer.attempt(c, result, latency)
         outcome = "retrying" if result.status == "pending" else result.status
-        log.info(
+        self._attempt_log.info(
             "attempt",
             delivery_id=c.delivery_id,
             event_id=c.event_id,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
+import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -88,20 +89,9 @@ class Store:
         return [Claimed(*row) for row in rows]
 
     async def complete(self, results: Sequence[Result]) -> None:
-        params: dict[str, list[Any]] = {
-            "ids": [r.delivery_id for r in results],
-            "leases": [r.lease for r in results],
-            "attempts": [r.attempt for r in results],
-            "statuses": [r.status for r in results],
-            "delays": [r.delay for r in results],
-            "started": [r.started_at for r in results],
-            "durations": [r.duration_ms for r in results],
-            "codes": [r.status_code for r in results],
-            "errors": [r.error for r in results],
-            "bodies": [r.response_body for r in results],
-        }
+        outcomes = _outcomes_json(results)
         async with self.pool.connection() as conn:
-            await conn.execute(Q["deliveries_complete"], params)
+            await conn.execute(Q["deliveries_complete"], {"outcomes": outcomes})
 
     async def release(self, held: Sequence[Claimed]) -> None:
         if not held:
@@ -130,6 +120,28 @@ class Store:
     async def forget(self, relay_id: str) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["relay_forget"], {"id": relay_id})
+
+
+def _outcomes_json(results: Sequence[Result]) -> str:
+    """The outcomes as the JSON array deliveries_complete reads (orjson writes the dataclasses)."""
+    try:
+        text = orjson.dumps(results).decode()
+    except TypeError:  # a lone surrogate in a message
+        text = "\\u0000"
+    if "\\u0000" not in text:
+        return text
+    # PostgreSQL text holds neither NUL nor lone surrogates: replace them rather than fail.
+    cleaned = [
+        dataclasses.replace(r, error=_text(r.error), response_body=_text(r.response_body))
+        for r in results
+    ]
+    return orjson.dumps(cleaned).decode()
+
+
+def _text(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 async def listen(url: str) -> AsyncIterator[None]:

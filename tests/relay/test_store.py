@@ -1,0 +1,91 @@
+"""The relay's queries against a real database: what an outcome records, whatever its text."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from outbox.db.store import Result, Store
+
+from . import add_endpoint, attempts, emit_one, only_delivery
+
+Conn = psycopg.Connection[Any]
+
+
+def outcome_of(claimed: Any, **changes: Any) -> Result:
+    result = Result(
+        delivery_id=claimed.delivery_id,
+        lease=claimed.lease,
+        attempt=claimed.attempts + 1,
+        status="pending",
+        delay=60.0,
+        started_at=datetime.now(UTC),
+        duration_ms=12.5,
+        status_code=500,
+        error="http: 500",
+        response_body="oops",
+    )
+    return replace(result, **changes)
+
+
+async def test_an_outcome_records_the_delivery_summary_and_its_attempt(
+    conn: Conn, db_url: str
+) -> None:
+    add_endpoint(conn, "http://127.0.0.1:9/hook")
+    emit_one(conn)
+    store = Store(db_url)
+    await store.open()
+    try:
+        (claimed,) = await store.claim(10, 30.0)
+        await store.complete([outcome_of(claimed, response_body='{"é": "😀"}')])
+    finally:
+        await store.close()
+    row = only_delivery(conn)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
+    assert row["last_error"] == "http: 500"
+    assert 55 <= (row["next_attempt_at"] - row["last_attempt_at"]).total_seconds() <= 65
+    (attempt,) = attempts(conn, claimed.delivery_id)
+    assert attempt["duration_ms"] == 12.5
+    assert attempt["response_body"] == '{"é": "😀"}'
+
+
+async def test_nul_and_lone_surrogates_in_an_outcome_are_replaced_not_fatal(
+    conn: Conn, db_url: str
+) -> None:
+    add_endpoint(conn, "http://127.0.0.1:9/hook")
+    emit_one(conn)
+    emit_one(conn)
+    store = Store(db_url)
+    await store.open()
+    try:
+        first, second = await store.claim(10, 30.0)
+        await store.complete(
+            [
+                outcome_of(first, error="protocol: bad \x00 byte", response_body="a\x00b"),
+                outcome_of(second, error="connection: \udcff name", status="failed"),
+            ]
+        )
+    finally:
+        await store.close()
+    one = attempts(conn, first.delivery_id)[0]
+    assert (one["error"], one["response_body"]) == ("protocol: bad \ufffd byte", "a\ufffdb")
+    two = attempts(conn, second.delivery_id)[0]
+    assert two["error"] == "connection: ? name"
+
+
+async def test_an_outcome_under_an_expired_lease_is_dropped(conn: Conn, db_url: str) -> None:
+    add_endpoint(conn, "http://127.0.0.1:9/hook")
+    emit_one(conn)
+    store = Store(db_url)
+    await store.open()
+    try:
+        (claimed,) = await store.claim(10, 30.0)
+        conn.execute("update outbox.deliveries set next_attempt_at = now()")  # taken over
+        await store.complete([outcome_of(claimed, status="delivered", status_code=200)])
+    finally:
+        await store.close()
+    assert only_delivery(conn)["status"] == "pending"
+    assert attempts(conn, claimed.delivery_id) == []
