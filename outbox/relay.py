@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+import psycopg
 import structlog
 
 from outbox import __version__, payload, retry, signing
@@ -33,6 +34,7 @@ class Options:
     batch: int = 64  # deliveries claimed per query (at most per_endpoint)
     poll_interval: float = 1.0  # the longest an idle relay sleeps without a wake-up
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
+    vacuum_every: float = 10.0  # seconds between VACUUMs of outbox.deliveries while busy (0: off)
 
 
 @dataclass
@@ -79,6 +81,11 @@ def _audit_text(body: bytes) -> str | None:
     if not body:
         return None
     return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def new_relay_id() -> str:
@@ -128,6 +135,7 @@ class Relay:
         self._next_retry: float | None = None  # monotonic time of the earliest retry scheduled
         self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
+        self._since_vacuum = 0  # outcomes recorded since the last VACUUM
         # Bound once: the module's lazy logger would rebuild itself on every attempt's line.
         self._attempt_log = log.bind()
 
@@ -213,6 +221,7 @@ class Relay:
         while True:
             try:
                 await self.store.complete(results)
+                self._since_vacuum += len(results)
                 if self._gone:
                     gone, self._gone = sorted(self._gone), set()
                     await self.store.disable_endpoints(gone)
@@ -292,6 +301,35 @@ class Relay:
             # Only a relay held back by a cap needs waking when a slot frees up.
             if was_full or left + 1 >= self.options.per_endpoint:
                 self._nudge.set()
+
+    async def _vacuumer(self) -> None:
+        """VACUUM outbox.deliveries every `vacuum_every` seconds while outcomes are recorded.
+
+        Each attempt leaves dead row versions and index entries; autovacuum visits a table about
+        once a minute, by which time a busy relay has left hundreds of thousands, and every claim
+        walks the dead entries at the head of the due index."""
+        every = self.options.vacuum_every
+        allowed: bool | None = None
+        while every > 0:
+            await asyncio.sleep(every)
+            if not self._since_vacuum:
+                continue
+            try:
+                if allowed is None:
+                    allowed = await self.store.may_vacuum()
+                    if not allowed:
+                        log.info("not the owner of outbox.deliveries; leaving it to autovacuum")
+                        return
+                started, since = time.monotonic(), self._since_vacuum
+                await self.store.vacuum()
+                self._since_vacuum -= since
+                log.info(
+                    "vacuumed outbox.deliveries",
+                    outcomes_since_last=since,
+                    duration_ms=round((time.monotonic() - started) * 1000.0, 1),
+                )
+            except psycopg.Error as exc:
+                log.warning("vacuum of outbox.deliveries failed", error=_first_line(exc))
 
     async def _listener(self) -> None:
         backoff = 0.2
@@ -379,6 +417,7 @@ class Relay:
         helpers = [
             asyncio.create_task(self._listener()),
             asyncio.create_task(self._recorder()),
+            asyncio.create_task(self._vacuumer()),
         ]
         stop_waiter = asyncio.create_task(self._nudge_on(stop))
         state: dict[str, float | bool] = {"idle": False, "announced": 0.0}
@@ -434,4 +473,5 @@ class Relay:
             "batch": o.batch,
             "ladder": list(self.settings.retry_ladder),
             "timeout_s": self.settings.timeout,
+            "vacuum_every_s": o.vacuum_every,
         }

@@ -42,6 +42,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def register(sub: Any) -> None:
     defaults = Options()
     parser = sub.add_parser(
@@ -83,6 +93,13 @@ def register(sub: Any) -> None:
         help=f"seconds in-flight attempts get on shutdown (default {defaults.grace})",
     )
     parser.add_argument(
+        "--vacuum-every",
+        type=_non_negative_float,
+        default=defaults.vacuum_every,
+        help="seconds between VACUUMs of outbox.deliveries while deliveries flow, when this "
+        f"role owns it; 0 leaves it to autovacuum (default {defaults.vacuum_every:g})",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -104,6 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         batch=min(args.batch, args.per_endpoint, args.concurrency),
         poll_interval=args.poll_interval,
         grace=args.grace,
+        vacuum_every=args.vacuum_every,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if args.once:

@@ -113,6 +113,16 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else float(row[0])
 
+    async def may_vacuum(self) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(Q["deliveries_may_vacuum"])
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def vacuum(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(Q["deliveries_vacuum"])
+
     async def announce(self, relay_id: str, *, idle: bool) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["relay_announce"], {"id": relay_id, "idle": idle})

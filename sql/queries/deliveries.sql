@@ -102,3 +102,18 @@ on conflict (id) do update set idle = excluded.idle, heartbeat_at = excluded.hea
 
 -- name: relay_forget
 delete from outbox.relays where id = %(id)s;
+
+-- name: deliveries_may_vacuum
+-- Whether this role may VACUUM outbox.deliveries (its owner, a member of the owner role, or a
+-- superuser); otherwise VACUUM would only warn, and the relay leaves the table to autovacuum.
+select coalesce(r.rolsuper, false) or pg_has_role(c.relowner, 'MEMBER')
+from pg_class c
+left join pg_roles r on r.rolname = current_user
+where c.oid = 'outbox.deliveries'::regclass;
+
+-- name: deliveries_vacuum
+-- Every attempt leaves dead row versions and index entries behind (the claim and the outcome
+-- are both updates). Autovacuum looks at a table once per autovacuum_naptime (a minute by
+-- default), while a busy relay makes thousands per second; claims then walk ever more dead
+-- entries of the due index. Pages already all-visible are skipped, so a frequent run is cheap.
+vacuum (skip_locked) outbox.deliveries;

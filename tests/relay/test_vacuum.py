@@ -1,0 +1,68 @@
+"""The relay vacuums outbox.deliveries itself while outcomes are being recorded, when it may."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from support import stop, wait_until
+
+from . import add_endpoint, deliveries, emit_one, receiving, relay_env, start_logged_relay
+
+Conn = psycopg.Connection[Any]
+
+
+def vacuum_count(conn: Conn) -> int:
+    conn.execute("select pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "select vacuum_count from pg_stat_user_tables where relid = 'outbox.deliveries'::regclass"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def log_events(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line)["event"] for line in lines if line.startswith("{")]
+
+
+def test_the_relay_vacuums_deliveries_while_outcomes_are_recorded(
+    conn: Conn, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "relay.log"
+    before = vacuum_count(conn)
+    with receiving() as receiver:
+        add_endpoint(conn, receiver.url("/hook"))
+        relay = start_logged_relay(relay_env(cli_env, ladder="0"), log, "--vacuum-every", "0.2")
+        try:
+            for _ in range(20):
+                emit_one(conn)
+            wait_until(
+                lambda: all(d["status"] == "delivered" for d in deliveries(conn)), what="delivery"
+            )
+            wait_until(lambda: vacuum_count(conn) > before, what="a VACUUM of outbox.deliveries")
+            wait_until(lambda: "vacuumed outbox.deliveries" in log_events(log), what="its log line")
+        finally:
+            assert stop(relay) == 0
+
+
+def test_vacuum_every_zero_leaves_the_table_to_autovacuum(
+    conn: Conn, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "relay.log"
+    before = vacuum_count(conn)
+    with receiving() as receiver:
+        add_endpoint(conn, receiver.url("/hook"))
+        relay = start_logged_relay(relay_env(cli_env, ladder="0"), log, "--vacuum-every", "0")
+        try:
+            for _ in range(20):
+                emit_one(conn)
+            wait_until(
+                lambda: all(d["status"] == "delivered" for d in deliveries(conn)), what="delivery"
+            )
+        finally:
+            assert stop(relay) == 0
+    assert "vacuumed outbox.deliveries" not in log_events(log)
+    assert vacuum_count(conn) == before
