@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -161,6 +162,18 @@ async def drain(url: str, settings: Settings, options: Options) -> Tally:
     return total
 
 
+def _tune_gc() -> None:
+    """Collect garbage less often than CPython's default of every 700 net allocations.
+
+    Each attempt allocates a few hundred objects (aiohttp's request, response, futures), so the
+    default collects several times per attempt. Moving everything alive after start-up out of
+    the collector's sight and raising the first threshold measured 12-20% less relay CPU per
+    delivery in `outbox bench deliver`; the relay's memory stays bounded (see `bench backlog`).
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
+
+
 async def serve(
     url: str, settings: Settings, options: Options, *, metrics_port: int | None = None
 ) -> None:
@@ -184,6 +197,7 @@ async def serve(
     try:
         async with _sender(settings, options) as sender:
             relay = Relay(store, sender, settings, options, observer=observer)
+            _tune_gc()
             await relay.run(stop)
     finally:
         if server is not None:
