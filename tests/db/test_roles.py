@@ -1,0 +1,121 @@
+"""The least-privilege roles: a relay and a writer can do their work with them, and no more."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from support import outbox_cmd
+
+Conn = psycopg.Connection[Any]
+_names = itertools.count()
+
+
+@pytest.fixture
+def login(conn: Conn) -> Iterator[Any]:
+    """Makes LOGIN roles holding the given role; drops them after the test."""
+    made: list[str] = []
+
+    def make(*granted: str) -> str:
+        name = f"outbox_test_login_{os.getpid()}_{next(_names)}"
+        conn.execute(f"create role {name} login")
+        for role in granted:
+            conn.execute(f"grant {role} to {name}")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        conn.execute(f"drop owned by {name}")
+        conn.execute(f"drop role {name}")
+
+
+def connect_as(db_url: str, role: str) -> Conn:
+    return psycopg.connect(make_conninfo(db_url, user=role), autocommit=True)
+
+
+def add_endpoint(conn: Conn) -> None:
+    # Port 9 (discard) on loopback: nothing listens, so each attempt fails at once.
+    conn.execute(
+        "insert into outbox.endpoints (url, event_types) values ('http://127.0.0.1:9/x', '{*}')"
+    )
+
+
+def insert_contact(conn: Conn) -> None:
+    conn.execute("insert into stover.contacts (first_name) values ('Ada')")
+
+
+def test_a_writer_with_outbox_writer_captures_events_in_its_transaction(
+    conn: Conn, db_url: str, login: Any
+) -> None:
+    add_endpoint(conn)
+    app = login("outbox_writer")
+    conn.execute(f"grant usage on schema stover to {app}")
+    conn.execute(f"grant insert, update on stover.contacts to {app}")
+    with connect_as(db_url, app) as writer:
+        insert_contact(writer)
+        writer.execute("update stover.contacts set last_name = 'Lovelace'")
+        writer.execute("select outbox.emit('test.ping', '{}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("select secret from outbox.endpoints")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute("delete from outbox.deliveries")
+    types = conn.execute(
+        "select e.type, count(d.id) from outbox.events e "
+        "join outbox.deliveries d on d.event_id = e.id group by e.type order by e.type"
+    ).fetchall()
+    assert types == [("contact.created", 1), ("contact.updated", 1), ("test.ping", 1)]
+
+
+def test_a_writer_without_outbox_writer_cannot_write_captured_tables(
+    conn: Conn, db_url: str, login: Any
+) -> None:
+    add_endpoint(conn)
+    app = login()
+    conn.execute(f"grant usage on schema stover to {app}")
+    conn.execute(f"grant insert on stover.contacts to {app}")
+    with connect_as(db_url, app) as writer, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        insert_contact(writer)
+
+
+def test_a_relay_with_outbox_relay_delivers_and_may_touch_nothing_else(
+    conn: Conn, db_url: str, cli_env: dict[str, str], login: Any
+) -> None:
+    add_endpoint(conn)
+    insert_contact(conn)
+    sidecar = login("outbox_relay")
+    env = {
+        **cli_env,
+        "DATABASE_URL": make_conninfo(db_url, user=sidecar),
+        "OUTBOX_RETRY_LADDER": "0,0",
+    }
+    done = subprocess.run(
+        outbox_cmd("relay", "--once"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["failed"] == 1
+    row = conn.execute("select status, attempts from outbox.deliveries").fetchone()
+    assert row == ("failed", 2)
+    with connect_as(db_url, sidecar) as relay:
+        for statement in (
+            "select * from stover.contacts",
+            "update outbox.endpoints set url = 'http://127.0.0.1:9/y'",
+            "update outbox.endpoints set secret = 'whsec_AAAA'",
+            "delete from outbox.events",
+            "delete from outbox.deliveries",
+            "insert into outbox.events (type, data) values ('contact.created', '{}')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                relay.execute(statement)
