@@ -100,7 +100,9 @@ def running_receiver(**kwargs: Any) -> Iterator[Receiver]:
         app.router.add_route("*", "/{tail:.*}", receiver._handle)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        # Relays open up to --per-endpoint (128) connections each; with aiohttp's default listen
+        # backlog of 128, connections beyond it wait out a 1 s SYN retransmit.
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
         await site.start()
         receiver.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         runner_box["runner"] = runner

@@ -100,9 +100,12 @@ def test_kill_9_mid_stream_loses_nothing(
         assert sent_by_victim < BACKLOG, "the relay finished before it could be killed"
         held = _leased(conn)
 
+        # The survivors' own timeout is longer: an attempt of theirs that timed out would be
+        # retried a rung later and might arrive twice, blurring what the kill alone caused.
+        survivor_env = relay_env(cli_env, TIMEOUT="10")
         with ExitStack() as stack:
             survivors = [
-                stack.enter_context(relay_process(env, log=tmp_path / f"survivor{i}.log"))
+                stack.enter_context(relay_process(survivor_env, log=tmp_path / f"survivor{i}.log"))
                 for i in range(2)
             ]
             wait_until(lambda: all_delivered(conn, BACKLOG), timeout=45, what="all delivered")
