@@ -412,3 +412,13 @@ def test_relay_rejects_a_malformed_retry_ladder() -> None:
     [line] = problem_lines(done.stderr)
     assert "OUTBOX_RETRY_LADDER" in line
     assert done.stdout == ""
+
+
+def test_relay_rejects_a_negative_or_unreadable_vacuum_interval() -> None:
+    env = {**env_without_outbox(), "DATABASE_URL": UNREACHABLE_DB}
+    for value in ("-1", "soon", "inf"):
+        done = run_relay_cli(env, "--vacuum-every", value)
+        assert done.returncode == 2
+        assert "Traceback" not in done.stderr
+        assert f"--vacuum-every: {value!r}" in done.stderr
+        assert done.stdout == ""
