@@ -318,7 +318,10 @@ class Relay:
                 if allowed is None:
                     allowed = await self.store.may_vacuum()
                     if not allowed:
-                        log.info("not the owner of outbox.deliveries; leaving it to autovacuum")
+                        log.info(
+                            "this role may not vacuum outbox.deliveries (the owner may, and from "
+                            "PostgreSQL 17 outbox_relay); leaving it to autovacuum"
+                        )
                         return
                 started, since = time.monotonic(), self._since_vacuum
                 await self.store.vacuum()

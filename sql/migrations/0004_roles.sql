@@ -46,6 +46,10 @@ begin
             on outbox.deliveries to outbox_relay;
         grant select, insert on outbox.attempts to outbox_relay;
         grant select, insert, update, delete on outbox.relays to outbox_relay;
+        -- The relay's own VACUUM of outbox.deliveries; before PostgreSQL 17 only the owner may.
+        if current_setting('server_version_num')::integer >= 170000 then
+            execute 'grant maintain on outbox.deliveries to outbox_relay';
+        end if;
     end if;
     if exists (select from pg_roles where rolname = 'outbox_writer') then
         grant usage on schema outbox to outbox_writer;

@@ -104,9 +104,13 @@ on conflict (id) do update set idle = excluded.idle, heartbeat_at = excluded.hea
 delete from outbox.relays where id = %(id)s;
 
 -- name: deliveries_may_vacuum
--- Whether this role may VACUUM outbox.deliveries (its owner, a member of the owner role, or a
--- superuser); otherwise VACUUM would only warn, and the relay leaves the table to autovacuum.
-select coalesce(r.rolsuper, false) or pg_has_role(c.relowner, 'MEMBER')
+-- Whether this role may VACUUM outbox.deliveries (a superuser, the owner or a member of its role,
+-- or from PostgreSQL 17 a holder of MAINTAIN); otherwise VACUUM would only warn, and the relay
+-- leaves the table to autovacuum.
+select coalesce(r.rolsuper, false)
+       or pg_has_role(c.relowner, 'MEMBER')
+       or case when current_setting('server_version_num')::integer >= 170000
+               then has_table_privilege(c.oid, 'MAINTAIN') else false end
 from pg_class c
 left join pg_roles r on r.rolname = current_user
 where c.oid = 'outbox.deliveries'::regclass;

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from support import stop, wait_until
 
 from . import add_endpoint, deliveries, emit_one, receiving, relay_env, start_logged_relay
@@ -64,5 +66,37 @@ def test_vacuum_every_zero_leaves_the_table_to_autovacuum(
             )
         finally:
             assert stop(relay) == 0
+    assert "vacuumed outbox.deliveries" not in log_events(log)
+    assert vacuum_count(conn) == before
+
+
+def test_a_relay_whose_role_may_not_vacuum_says_so_once_and_leaves_it_to_autovacuum(
+    conn: Conn, db_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "relay.log"
+    before = vacuum_count(conn)
+    login = f"outbox_test_sidecar_{os.getpid()}"
+    conn.execute(f"drop role if exists {login}")
+    conn.execute(f"create role {login} login in role outbox_relay")
+    try:
+        env = {**relay_env(cli_env, ladder="0"), "DATABASE_URL": make_conninfo(db_url, user=login)}
+        with receiving() as receiver:
+            add_endpoint(conn, receiver.url("/hook"))
+            relay = start_logged_relay(env, log, "--vacuum-every", "0.2")
+            try:
+                for _ in range(20):
+                    emit_one(conn)
+                wait_until(
+                    lambda: all(d["status"] == "delivered" for d in deliveries(conn)),
+                    what="delivery",
+                )
+                wait_until(
+                    lambda: any("leaving it to autovacuum" in e for e in log_events(log)),
+                    what="the log line saying why it does not vacuum",
+                )
+            finally:
+                assert stop(relay) == 0
+    finally:
+        conn.execute(f"drop role {login}")
     assert "vacuumed outbox.deliveries" not in log_events(log)
     assert vacuum_count(conn) == before
