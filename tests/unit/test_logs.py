@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +13,14 @@ import structlog
 from outbox import logs
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """configure() binds structlog to this test's captured stderr, closed after it: later tests
+    in the process must not log into it."""
+    yield
+    structlog.reset_defaults()
 
 
 def test_json_lines_carry_event_level_fields_and_a_current_utc_timestamp(
