@@ -13,6 +13,8 @@ from yarl import URL
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_LENGTH: Final = 2048
+# Appended to every refusal of a private address, by the relay and by `outbox endpoints test`.
+ALLOW_HINT: Final = "(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
 
 # Explicit tables rather than only `ip.is_global`, whose answers changed between Python releases.
 _BLOCKED_V4: Final = tuple(

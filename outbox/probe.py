@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 import httpx
 
-from outbox import __version__, netguard, payload, signing
+from outbox import netguard, payload, signing
+from outbox.relay import USER_AGENT
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def send_test(
         attempt=1,
         body=body,
         timestamp=int(now.timestamp()),
-        user_agent=f"Stover-Webhooks/{__version__}",
+        user_agent=USER_AGENT,
     )
     started = time.perf_counter()
     problem = netguard.check_url(url)
@@ -82,10 +83,7 @@ def _private(host: str) -> str | None:
             return f"dns: cannot resolve {host}: {exc}"
     blocked = [a for a in addresses if netguard.is_blocked_address(str(a))]
     if blocked:
-        return (
-            f"{host} resolves to private address {blocked[0]} "
-            "(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
-        )
+        return f"{host} resolves to private address {blocked[0]} {netguard.ALLOW_HINT}"
     return None
 
 

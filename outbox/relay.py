@@ -19,6 +19,7 @@ import structlog
 from outbox import __version__, payload, retry, signing
 from outbox.config import Settings
 from outbox.db.store import TRANSIENT, Claimed, Result, Store, listen
+from outbox.errors import first_line
 from outbox.sender import Outcome, Sender
 
 log = structlog.get_logger("outbox.relay")
@@ -81,11 +82,6 @@ def _audit_text(body: bytes) -> str | None:
     if not body:
         return None
     return body.decode("utf-8", "replace").replace("\x00", "\ufffd")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def new_relay_id() -> str:
@@ -231,7 +227,7 @@ class Relay:
                     log.error(
                         "outcomes not recorded; their deliveries will be sent again",
                         count=len(results),
-                        error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        error=first_line(exc),
                     )
                     return
                 log.warning("database unavailable while recording; retrying", error=str(exc))
@@ -332,7 +328,7 @@ class Relay:
                     duration_ms=round((time.monotonic() - started) * 1000.0, 1),
                 )
             except psycopg.Error as exc:
-                log.warning("vacuum of outbox.deliveries failed", error=_first_line(exc))
+                log.warning("vacuum of outbox.deliveries failed", error=first_line(exc))
 
     async def _listener(self) -> None:
         backoff = 0.2

@@ -25,7 +25,6 @@ AUDIT_BODY_BYTES: Final = 4096
 # Beyond this a response body is not read any further and its connection is dropped, so an
 # endless or huge answer costs neither time nor memory.
 BODY_READ_LIMIT: Final = 64 * 1024
-ALLOW_HINT: Final = "(set OUTBOX_ALLOW_PRIVATE_NETWORKS=1 to allow)"
 # Shorter than the 5 s idle timeout of Node's http server, so a pooled connection is rarely
 # reused in the instant the receiver closes it (a POST is not retried on a stale connection).
 KEEPALIVE_SECONDS: Final = 4.0
@@ -71,7 +70,7 @@ class GuardedResolver(AbstractResolver):
         if not allowed:
             address = results[0]["host"]
             raise BlockedAddressError(
-                f"blocked: {host} resolves to private address {address} {ALLOW_HINT}"
+                f"blocked: {host} resolves to private address {address} {netguard.ALLOW_HINT}"
             )
         return allowed
 
@@ -206,7 +205,7 @@ def _vet(url: str, allow_private: bool) -> tuple[URL, HostKey] | str:
     host = parsed.raw_host
     # An IP literal never reaches the resolver, so it is checked here.
     if not allow_private and host is not None and netguard.is_blocked_literal(host):
-        return f"blocked: {parsed.host} is a private address {ALLOW_HINT}"
+        return f"blocked: {parsed.host} is a private address {netguard.ALLOW_HINT}"
     return parsed, (parsed.scheme, host or "", parsed.port)
 
 

@@ -33,21 +33,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
@@ -98,7 +99,8 @@ def register(sub: Any) -> None:
         type=_non_negative_float,
         default=defaults.vacuum_every,
         help="seconds between VACUUMs of outbox.deliveries while deliveries flow, when this "
-        f"role owns it; 0 leaves it to autovacuum (default {defaults.vacuum_every:g})",
+        "role may (its owner; outbox_relay from PostgreSQL 17); 0 leaves it to autovacuum "
+        f"(default {defaults.vacuum_every:g})",
     )
     parser.add_argument(
         "--metrics-port",

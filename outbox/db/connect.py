@@ -14,7 +14,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from outbox.config import Settings
-from outbox.errors import OutboxError
+from outbox.errors import OutboxError, first_line
 
 CONNECT_TIMEOUT = 5
 
@@ -84,8 +84,7 @@ def with_timeout(url: str) -> str:
 
 def friendly(exc: psycopg.Error, url: str) -> OutboxError:
     """One readable line for a connection failure."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return OutboxError(f"cannot reach the database at {redact(url)}: {first}")
+    return OutboxError(f"cannot reach the database at {redact(url)}: {first_line(exc)}")
 
 
 @contextlib.contextmanager

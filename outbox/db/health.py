@@ -11,6 +11,7 @@ from psycopg import errors
 
 from outbox.db.connect import with_timeout
 from outbox.db.migrate import Migration
+from outbox.errors import first_line
 from outbox.sqlfiles import queries
 
 Q = queries("metrics")
@@ -51,8 +52,7 @@ async def readiness(url: str, migrations: Sequence[Migration]) -> str | None:
     except errors.UndefinedTable:
         return "schema not migrated: run `outbox migrate`"
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"database unreachable: {first}"
+        return f"database unreachable: {first_line(exc)}"
     return compare(applied, migrations)
 
 

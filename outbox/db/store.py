@@ -134,13 +134,14 @@ class Store:
 
 def _outcomes_json(results: Sequence[Result]) -> str:
     """The outcomes as the JSON array deliveries_complete reads (orjson writes the dataclasses)."""
+    # PostgreSQL text holds neither NUL nor lone surrogates (orjson refuses those): replace them
+    # rather than fail the batch.
     try:
         text = orjson.dumps(results).decode()
-    except TypeError:  # a lone surrogate in a message
-        text = "\\u0000"
-    if "\\u0000" not in text:
-        return text
-    # PostgreSQL text holds neither NUL nor lone surrogates: replace them rather than fail.
+        if "\\u0000" not in text:
+            return text
+    except TypeError:
+        pass
     cleaned = [
         dataclasses.replace(r, error=_text(r.error), response_body=_text(r.response_body))
         for r in results

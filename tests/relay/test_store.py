@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,18 +33,26 @@ def outcome_of(claimed: Any, **changes: Any) -> Result:
     return replace(result, **changes)
 
 
-async def test_an_outcome_records_the_delivery_summary_and_its_attempt(
-    conn: Conn, db_url: str
-) -> None:
+@asynccontextmanager
+async def store_with_due(conn: Conn, db_url: str, events: int) -> AsyncIterator[Store]:
+    """An open Store on a database with `events` events due for one endpoint."""
     add_endpoint(conn, "http://127.0.0.1:9/hook")
-    emit_one(conn)
+    for _ in range(events):
+        emit_one(conn)
     store = Store(db_url)
     await store.open()
     try:
-        (claimed,) = await store.claim(10, 30.0)
-        await store.complete([outcome_of(claimed, response_body='{"é": "😀"}')])
+        yield store
     finally:
         await store.close()
+
+
+async def test_an_outcome_records_the_delivery_summary_and_its_attempt(
+    conn: Conn, db_url: str
+) -> None:
+    async with store_with_due(conn, db_url, events=1) as store:
+        (claimed,) = await store.claim(10, 30.0)
+        await store.complete([outcome_of(claimed, response_body='{"é": "😀"}')])
     row = only_delivery(conn)
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, 500)
     assert row["last_error"] == "http: 500"
@@ -55,12 +65,7 @@ async def test_an_outcome_records_the_delivery_summary_and_its_attempt(
 async def test_nul_and_lone_surrogates_in_an_outcome_are_replaced_not_fatal(
     conn: Conn, db_url: str
 ) -> None:
-    add_endpoint(conn, "http://127.0.0.1:9/hook")
-    emit_one(conn)
-    emit_one(conn)
-    store = Store(db_url)
-    await store.open()
-    try:
+    async with store_with_due(conn, db_url, events=2) as store:
         first, second = await store.claim(10, 30.0)
         await store.complete(
             [
@@ -68,8 +73,6 @@ async def test_nul_and_lone_surrogates_in_an_outcome_are_replaced_not_fatal(
                 outcome_of(second, error="connection: \udcff name", status="failed"),
             ]
         )
-    finally:
-        await store.close()
     one = attempts(conn, first.delivery_id)[0]
     assert (one["error"], one["response_body"]) == ("protocol: bad \ufffd byte", "a\ufffdb")
     two = attempts(conn, second.delivery_id)[0]
@@ -77,15 +80,9 @@ async def test_nul_and_lone_surrogates_in_an_outcome_are_replaced_not_fatal(
 
 
 async def test_an_outcome_under_an_expired_lease_is_dropped(conn: Conn, db_url: str) -> None:
-    add_endpoint(conn, "http://127.0.0.1:9/hook")
-    emit_one(conn)
-    store = Store(db_url)
-    await store.open()
-    try:
+    async with store_with_due(conn, db_url, events=1) as store:
         (claimed,) = await store.claim(10, 30.0)
         conn.execute("update outbox.deliveries set next_attempt_at = now()")  # taken over
         await store.complete([outcome_of(claimed, status="delivered", status_code=200)])
-    finally:
-        await store.close()
     assert only_delivery(conn)["status"] == "pending"
     assert attempts(conn, claimed.delivery_id) == []
