@@ -151,8 +151,11 @@ def _plain(value: object) -> bool:
         items = cast(list[object], value)
     else:
         return _plain_scalar(value)
-    # Strings and nulls, the usual column values, skip the call.
-    return all(type(item) is str or item is None or _plain(item) for item in items)
+    for item in items:
+        # Strings and nulls, the usual column values, skip the call (a generator measured slower).
+        if type(item) is not str and item is not None and not _plain(item):
+            return False
+    return True
 
 
 def _plain_scalar(value: object) -> bool:
