@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from outbox.db.store import Result, Store
+from outbox.sqlfiles import queries
 
 from . import add_endpoint, attempts, emit_one, only_delivery
 
@@ -86,3 +87,17 @@ async def test_an_outcome_under_an_expired_lease_is_dropped(conn: Conn, db_url: 
         await store.complete([outcome_of(claimed, status="delivered", status_code=200)])
     assert only_delivery(conn)["status"] == "pending"
     assert attempts(conn, claimed.delivery_id) == []
+
+
+def test_the_claim_alone_commits_without_waiting_for_the_wal_flush(conn: Conn) -> None:
+    # The claim's own transaction runs with synchronous_commit off; the session keeps its
+    # setting, so outcomes (recorded on the same pooled connections) still commit durably.
+    add_endpoint(conn, "http://127.0.0.1:9/hook")
+    emit_one(conn)
+    claim = queries("deliveries")["deliveries_claim"]
+    assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+    with conn.transaction():
+        claimed = conn.execute(claim, {"limit": 10, "lease": 30.0, "busy": []}).fetchall()
+        assert len(claimed) == 1
+        assert conn.execute("show synchronous_commit").fetchone() == ("off",)
+    assert conn.execute("show synchronous_commit").fetchone() == ("on",)
