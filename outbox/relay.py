@@ -34,6 +34,8 @@ class Options:
     per_endpoint: int = 128  # attempts in flight at once to any one endpoint
     batch: int = 64  # deliveries claimed per query (at most per_endpoint)
     poll_interval: float = 1.0  # the longest an idle relay sleeps without a wake-up
+    linger: float = 0.002  # while work trickles in: the pause between claims that gathers it
+    quiet: float = 0.05  # how long a trickle may dry up before the relay says it is idle
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
     vacuum_every: float = 10.0  # seconds between VACUUMs of outbox.deliveries while busy (0: off)
 
@@ -239,6 +241,9 @@ class Relay:
     async def _recorder(self) -> None:
         while True:
             await self._results_ready.wait()
+            # Outcomes that arrive within `linger` share one write: a trickle otherwise costs
+            # a statement per attempt.
+            await asyncio.sleep(self.options.linger)
             self._results_ready.clear()
             batch, self._results = self._results, []
             if batch:
@@ -377,7 +382,19 @@ class Relay:
         overflow = self._dispatch(claimed)
         if overflow:
             await self.store.release(overflow)
-        if len(claimed) == limit:
+        await self._after_claim(len(claimed), limit, busy, stop, state)
+
+    async def _after_claim(
+        self,
+        claimed: int,
+        limit: int,
+        busy: list[str],
+        stop: asyncio.Event,
+        state: dict[str, float | bool],
+    ) -> None:
+        """Go on at once, gather a trickle, or say idle and sleep: by what the claim found."""
+        opts = self.options
+        if claimed == limit:
             if state["idle"]:
                 # Saturated: stop asking writers for NOTIFYs; this relay is polling anyway.
                 await self.store.announce(self.relay_id, idle=False)
@@ -385,6 +402,22 @@ class Relay:
             return
         if busy:
             self._fruitless = (frozenset(busy), time.monotonic() + opts.poll_interval)
+            return
+        now = time.monotonic()
+        if claimed:
+            state["quiet_since"] = 0.0
+            if state["idle"]:
+                # Work is arriving: gather it by claiming every `linger` instead of being woken
+                # by a NOTIFY from every writer (each costs the writer a commit-time lock and
+                # this relay a message).
+                await self.store.announce(self.relay_id, idle=False)
+                state["idle"] = False
+            await self._pause(opts.linger, stop)
+            return
+        if not state["idle"] and now - float(state["quiet_since"] or now) < opts.quiet:
+            # A trickle does not end at its first empty claim.
+            state["quiet_since"] = state["quiet_since"] or now
+            await self._pause(opts.linger, stop)
             return
         if not state["idle"]:
             # Say we are idle first, then look once more: a write that committed before the
@@ -395,16 +428,16 @@ class Relay:
         if time.monotonic() - float(state["announced"]) > 20.0:
             await self.store.announce(self.relay_id, idle=True)
             state["announced"] = time.monotonic()
-        if claimed:
-            # Drained for now: what comes due next is a retry this relay scheduled, or one it
-            # hears of by NOTIFY, or another relay's, found by the poll.
-            await self._wait(min(opts.poll_interval, self._until_own_retry()), stop)
-            return
         due = await self.store.next_due()
         # Rows that look due but were not claimable are locked by another relay's claim for a
         # moment; look again shortly rather than spin.
         wait = opts.poll_interval if due is None else min(opts.poll_interval, max(due, 0.05))
         await self._wait(wait, stop)
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """Sleep a few milliseconds; wake-ups do not cut it short (that is its point)."""
+        if not stop.is_set():
+            await asyncio.sleep(seconds)
 
     def _until_own_retry(self) -> float:
         if self._next_retry is None:
@@ -419,7 +452,7 @@ class Relay:
             asyncio.create_task(self._vacuumer()),
         ]
         stop_waiter = asyncio.create_task(self._nudge_on(stop))
-        state: dict[str, float | bool] = {"idle": False, "announced": 0.0}
+        state: dict[str, float | bool] = {"idle": False, "announced": 0.0, "quiet_since": 0.0}
         backoff = 0.2
         log.info("relay started", relay_id=self.relay_id, **self._describe())
         try:
