@@ -241,9 +241,6 @@ class Relay:
     async def _recorder(self) -> None:
         while True:
             await self._results_ready.wait()
-            # Outcomes that arrive within `linger` share one write: a trickle otherwise costs
-            # a statement per attempt.
-            await asyncio.sleep(self.options.linger)
             self._results_ready.clear()
             batch, self._results = self._results, []
             if batch:
