@@ -130,7 +130,6 @@ class Relay:
         self._nudge = asyncio.Event()
         self._gone: set[str] = set()
         self._fruitless: tuple[frozenset[str], float] = (frozenset(), 0.0)
-        self._next_retry: float | None = None  # monotonic time of the earliest retry scheduled
         self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
         self._since_vacuum = 0  # outcomes recorded since the last VACUUM
@@ -181,11 +180,6 @@ class Relay:
         )
         if outcome.gone:
             self._gone.add(c.endpoint_id)
-        if status == "pending":
-            now = time.monotonic()
-            earliest = self._next_retry
-            if earliest is None or earliest <= now or now + delay < earliest:
-                self._next_retry = now + delay
         self._report(c, result)
         return result
 
@@ -435,11 +429,6 @@ class Relay:
         """Sleep a few milliseconds; wake-ups do not cut it short (that is its point)."""
         if not stop.is_set():
             await asyncio.sleep(seconds)
-
-    def _until_own_retry(self) -> float:
-        if self._next_retry is None:
-            return float("inf")
-        return max(self._next_retry - time.monotonic(), 0.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, then shut down gracefully."""
