@@ -17,8 +17,9 @@ from outbox.config import Settings
 from outbox.db import demo as demo_db
 from outbox.db.activity import Activity
 from outbox.db.store import Store
-from outbox.relay import USER_AGENT, Options, Relay
+from outbox.relay import Options, Relay
 from outbox.sender import Sender
+from outbox.signing import USER_AGENT
 
 # The seed ladder (0, 1 min, 5 min, 30 min, 2 h) squeezed into seconds so retries show at once.
 LADDER = (0.0, 1.0, 2.0, 4.0, 8.0)

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 import httpx
 
 from outbox import netguard, payload, signing
-from outbox.relay import USER_AGENT
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def send_test(
         attempt=1,
         body=body,
         timestamp=int(now.timestamp()),
-        user_agent=USER_AGENT,
+        user_agent=signing.USER_AGENT,
     )
     started = time.perf_counter()
     problem = netguard.check_url(url)

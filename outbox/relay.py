@@ -16,14 +16,13 @@ from typing import Protocol
 import psycopg
 import structlog
 
-from outbox import __version__, payload, retry, signing
+from outbox import payload, retry, signing
 from outbox.config import Settings
 from outbox.db.store import TRANSIENT, Claimed, Result, Store, listen
 from outbox.errors import first_line
 from outbox.sender import Outcome, Sender
 
 log = structlog.get_logger("outbox.relay")
-USER_AGENT = f"Stover-Webhooks/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ class Relay:
             attempt=number,
             body=body,
             timestamp=int(started.timestamp()),
-            user_agent=USER_AGENT,
+            user_agent=signing.USER_AGENT,
         )
         outcome = await self.sender.send(c.url, body, headers)
         status, delay = decide(c, outcome, self.settings.retry_ladder, self.clock())

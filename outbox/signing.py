@@ -9,9 +9,13 @@ import hmac
 import secrets
 from collections.abc import Mapping
 
+from outbox import __version__
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the format marker every secret starts with
 SECRET_BYTES = 32
 _STANDARD_VERSION = "v1,"
+# Sent with every delivery, by the relay and by `outbox endpoints test`.
+USER_AGENT = f"Stover-Webhooks/{__version__}"
 
 
 def generate_secret() -> str:

@@ -19,7 +19,7 @@ import aiohttp
 from outbox import payload, signing
 from outbox.db.benchdb import EventRow
 from outbox.errors import OutboxError
-from outbox.relay import USER_AGENT
+from outbox.signing import USER_AGENT
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from outbox.bench.harness import Bench, Progress, Report, at_least, interleave, 
 from outbox.bench.receiver import Receiver
 from outbox.db import benchdb
 from outbox.db.benchdb import BenchDb
-from outbox.relay import USER_AGENT
+from outbox.signing import USER_AGENT
 
 ENTRYPOINT = "webhook"
 BATCH = 100

@@ -17,8 +17,9 @@ from outbox.config import Settings
 from outbox.db import connect, migrate
 from outbox.db.store import Store
 from outbox.errors import OutboxError
-from outbox.relay import USER_AGENT, Options, Relay, Tally
+from outbox.relay import Options, Relay, Tally
 from outbox.sender import Sender
+from outbox.signing import USER_AGENT
 
 log = structlog.get_logger("outbox.relay")
 

@@ -29,8 +29,9 @@ from support import Received, outbox_cmd
 from outbox import __version__
 from outbox.config import Settings
 from outbox.db.store import Store
-from outbox.relay import USER_AGENT, Relay
+from outbox.relay import Relay
 from outbox.sender import Sender
+from outbox.signing import USER_AGENT
 
 SEED_TYPES = frozenset(
     {
