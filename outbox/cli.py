@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     try:
         settings = config.load()
-        logs.configure(settings.log_format)
+        logs.configure(settings.log_format, settings.log_level)
         code: int = args.func(args, settings)
     except OutboxError as exc:
         print(f"outbox: error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -25,6 +26,7 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     allow_private_networks: bool = False
     log_format: str = "console"
+    log_level: int = logging.INFO
     embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
 
     @property
@@ -90,6 +92,22 @@ def parse_log_format(text: str | None, *, isatty: bool) -> str:
     return text
 
 
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def parse_log_level(text: str) -> int:
+    """Parse `OUTBOX_LOG_LEVEL`: debug adds a line per delivered attempt to info's summaries."""
+    level = LOG_LEVELS.get(text.strip().lower())
+    if level is None:
+        raise ConfigError(f"OUTBOX_LOG_LEVEL={text!r} must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from the environment (or the mapping given), failing with one line."""
     env = os.environ if environ is None else environ
@@ -101,4 +119,5 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "OUTBOX_ALLOW_PRIVATE_NETWORKS", env.get("OUTBOX_ALLOW_PRIVATE_NETWORKS", "0")
         ),
         log_format=parse_log_format(env.get("OUTBOX_LOG_FORMAT"), isatty=sys.stderr.isatty()),
+        log_level=parse_log_level(env.get("OUTBOX_LOG_LEVEL") or "info"),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import secrets
 import socket
@@ -37,6 +39,7 @@ class Options:
     quiet: float = 0.05  # how long a trickle may dry up before the relay says it is idle
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
     vacuum_every: float = 10.0  # seconds between VACUUMs of outbox.deliveries while busy (0: off)
+    summary_every: float = 10.0  # seconds between the info lines that count attempts (0: off)
 
 
 @dataclass
@@ -134,6 +137,11 @@ class Relay:
         self._since_vacuum = 0  # outcomes recorded since the last VACUUM
         # Bound once: the module's lazy logger would rebuild itself on every attempt's line.
         self._attempt_log = log.bind()
+        # A line per delivered attempt only at debug level: at info, successes are counted in
+        # the periodic summary (their audit is in outbox.attempts either way), and failed or
+        # retried attempts get a line each. Writing a line per success measured ~20 us of the
+        # relay's CPU per delivery.
+        self._log_delivered: bool = self._attempt_log.is_enabled_for(logging.DEBUG)
 
     # -- one attempt ---------------------------------------------------------------------------
 
@@ -189,8 +197,17 @@ class Relay:
             latency = (self.clock() - c.event_created_at).total_seconds()
         if self.observer is not None:
             self.observer.attempt(c, result, latency)
-        outcome = "retrying" if result.status == "pending" else result.status
-        self._attempt_log.info(
+        status = result.status
+        if status == "delivered":
+            if not self._log_delivered:
+                return
+            emit = self._attempt_log.debug
+        elif status == "failed":
+            emit = self._attempt_log.warning
+        else:
+            emit = self._attempt_log.info
+        outcome = "retrying" if status == "pending" else status
+        emit(
             "attempt",
             delivery_id=c.delivery_id,
             event_id=c.event_id,
@@ -325,6 +342,27 @@ class Relay:
             except psycopg.Error as exc:
                 log.warning("vacuum of outbox.deliveries failed", error=first_line(exc))
 
+    async def _summarizer(self) -> None:
+        """Every `summary_every` seconds in which attempts finished, one line counting them."""
+        every = self.options.summary_every
+        seen = dataclasses.replace(self.tally)
+        since = time.monotonic()
+        while every > 0:
+            await asyncio.sleep(every)
+            now, tally = time.monotonic(), self.tally
+            finished = tally.claimed - seen.claimed
+            if finished:
+                log.info(
+                    "attempts",
+                    delivered=tally.delivered - seen.delivered,
+                    retrying=tally.retrying - seen.retrying,
+                    failed=tally.failed - seen.failed,
+                    per_s=round(finished / (now - since), 1),
+                    window_s=round(now - since, 1),
+                    in_flight=len(self._flight.held),
+                )
+            seen, since = dataclasses.replace(tally), now
+
     async def _listener(self) -> None:
         backoff = 0.2
         while True:
@@ -435,6 +473,7 @@ class Relay:
             asyncio.create_task(self._listener()),
             asyncio.create_task(self._recorder()),
             asyncio.create_task(self._vacuumer()),
+            asyncio.create_task(self._summarizer()),
         ]
         stop_waiter = asyncio.create_task(self._nudge_on(stop))
         state: dict[str, float | bool] = {"idle": False, "announced": 0.0, "quiet_since": 0.0}
@@ -491,4 +530,5 @@ class Relay:
             "ladder": list(self.settings.retry_ladder),
             "timeout_s": self.settings.timeout,
             "vacuum_every_s": o.vacuum_every,
+            "summary_every_s": o.summary_every,
         }

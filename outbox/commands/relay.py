@@ -104,6 +104,14 @@ def register(sub: Any) -> None:
         f"(default {defaults.vacuum_every:g})",
     )
     parser.add_argument(
+        "--summary-every",
+        type=_non_negative_float,
+        default=defaults.summary_every,
+        help="seconds between the log lines that count finished attempts; each delivered "
+        "attempt gets a line of its own only with OUTBOX_LOG_LEVEL=debug, retried and failed "
+        f"ones always do; 0 turns the summary off (default {defaults.summary_every:g})",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         poll_interval=args.poll_interval,
         grace=args.grace,
         vacuum_every=args.vacuum_every,
+        summary_every=args.summary_every,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         if args.once:

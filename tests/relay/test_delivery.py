@@ -357,7 +357,8 @@ def test_attempt_log_lines_name_the_attempt_and_never_the_secret(
         up = add_endpoint(conn, receiver.url("/up"))
         down = add_endpoint(conn, receiver.url("/down"))
         event_id = emit_one(conn)
-        done = run_relay_cli(relay_env(cli_env, ladder="0,0"), "--once")
+        env = {**relay_env(cli_env, ladder="0,0"), "OUTBOX_LOG_LEVEL": "debug"}
+        done = run_relay_cli(env, "--once")
 
     assert done.returncode == 0, done.stderr
     for endpoint in (up, down):
@@ -375,6 +376,56 @@ def test_attempt_log_lines_name_the_attempt_and_never_the_secret(
         assert record["event_id"] == event_id
         assert isinstance(record["duration_ms"], int | float)
         assert record["duration_ms"] >= 0
+    levels = {r["outcome"]: r["level"] for r in logged}
+    assert levels == {"delivered": "debug", "retrying": "info", "failed": "warning"}
+
+
+def test_at_info_level_successes_are_counted_in_a_summary_and_failures_get_a_line_each(
+    conn: Conn, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    log = tmp_path / "relay.log"
+    with receiving(behaviours={"/down": answers(500)}) as receiver:
+        add_endpoint(conn, receiver.url("/up"))
+        add_endpoint(conn, receiver.url("/down"))
+        for _ in range(3):
+            emit_one(conn)
+        relay = start_logged_relay(relay_env(cli_env, ladder="0"), log, "--summary-every", "0.2")
+        try:
+            wait_until(
+                lambda: (
+                    all(d["status"] != "pending" for d in deliveries(conn))
+                    and len(deliveries(conn)) == 6
+                ),
+                what="every delivery settled",
+            )
+            wait_until(
+                lambda: sum(r.get("delivered", 0) for r in records(log, "attempts")) == 3,
+                what="the summaries to count the three deliveries",
+            )
+        finally:
+            assert stop(relay) == 0
+
+    assert [r["outcome"] for r in records(log, "attempt")] == ["failed"] * 3
+    summaries = records(log, "attempts")
+    assert sum(r["failed"] for r in summaries) == 3
+    assert sum(r["retrying"] for r in summaries) == 0
+    assert all(r["level"] == "info" and r["per_s"] > 0 for r in summaries)
+
+
+def test_relay_rejects_an_unknown_log_level() -> None:
+    env = {**env_without_outbox(), "DATABASE_URL": UNREACHABLE_DB, "OUTBOX_LOG_LEVEL": "loud"}
+    done = run_relay_cli(env)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    [line] = problem_lines(done.stderr)
+    assert "OUTBOX_LOG_LEVEL='loud'" in line
+    assert done.stdout == ""
+
+
+def records(log: Path, event: str) -> list[dict[str, Any]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in parsed if r["event"] == event]
 
 
 # -- refusing to start ----------------------------------------------------------------------------
