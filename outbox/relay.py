@@ -10,6 +10,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,11 +95,13 @@ def new_relay_id() -> str:
 
 @dataclass
 class _Flight:
-    """Book-keeping of the attempts currently in flight."""
+    """Book-keeping of the deliveries this relay holds: claimed and not yet finished."""
 
     held: dict[int, Claimed] = field(default_factory=dict)
     per_endpoint: dict[str, int] = field(default_factory=dict)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    queue: deque[Claimed] = field(default_factory=deque)  # handed out, not yet picked up
+    idle: deque[asyncio.Future[Claimed]] = field(default_factory=deque)  # workers waiting
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is held
 
     def busy_endpoints(self, cap: int) -> list[str]:
         return [ep for ep, n in self.per_endpoint.items() if n >= cap]
@@ -132,7 +135,6 @@ class Relay:
         self._nudge = asyncio.Event()
         self._gone: set[str] = set()
         self._fruitless: tuple[frozenset[str], float] = (frozenset(), 0.0)
-        self._cut: list[Claimed] = []  # attempts cancelled at shutdown: their leases go back
         self._bodies: dict[str, bytes] = {}
         self._since_vacuum = 0  # outcomes recorded since the last VACUUM
         # Bound once: the module's lazy logger would rebuild itself on every attempt's line.
@@ -172,7 +174,10 @@ class Relay:
             user_agent=signing.USER_AGENT,
         )
         outcome = await self.sender.send(c.url, body, headers)
-        status, delay = decide(c, outcome, self.settings.retry_ladder, self.clock())
+        if outcome.ok:
+            status, delay = "delivered", 0.0
+        else:
+            status, delay = decide(c, outcome, self.settings.retry_ladder, self.clock())
         result = Result(
             delivery_id=c.delivery_id,
             lease=c.lease,
@@ -192,10 +197,10 @@ class Relay:
 
     def _report(self, c: Claimed, result: Result) -> None:
         self.tally.add(result)
-        latency = None
-        if result.status == "delivered":
-            latency = (self.clock() - c.event_created_at).total_seconds()
         if self.observer is not None:
+            latency = None
+            if result.status == "delivered":
+                latency = (self.clock() - c.event_created_at).total_seconds()
             self.observer.attempt(c, result, latency)
         status = result.status
         if status == "delivered":
@@ -274,7 +279,7 @@ class Relay:
     # -- the loop ------------------------------------------------------------------------------
 
     def _dispatch(self, claimed: list[Claimed]) -> list[Claimed]:
-        """Start an attempt task per claimed delivery; returns those over an endpoint's cap."""
+        """Hand each claimed delivery to a worker; returns those over an endpoint's cap."""
         overflow: list[Claimed] = []
         flight = self._flight
         for c in claimed:
@@ -284,31 +289,54 @@ class Relay:
                 continue
             flight.per_endpoint[c.endpoint_id] = count + 1
             flight.held[c.delivery_id] = c
-            task = asyncio.create_task(self._fly(c))
-            flight.tasks.add(task)
-            task.add_done_callback(flight.tasks.discard)
+            while flight.idle:
+                waiter = flight.idle.popleft()
+                if not waiter.done():  # a worker cancelled at shutdown leaves its waiter behind
+                    waiter.set_result(c)
+                    break
+            else:
+                flight.queue.append(c)
+        if flight.held:
+            flight.settled.clear()
         return overflow
 
-    async def _fly(self, c: Claimed) -> None:
-        try:
-            result = await self.attempt(c)
-            self._results.append(result)
-            self._results_ready.set()
-        except asyncio.CancelledError:
-            self._cut.append(c)
-            raise
-        finally:
-            flight = self._flight
-            was_full = len(flight.held) >= self.options.concurrency
-            del flight.held[c.delivery_id]
-            left = flight.per_endpoint[c.endpoint_id] - 1
-            if left:
-                flight.per_endpoint[c.endpoint_id] = left
+    async def _worker(self) -> None:
+        """Makes attempts one after another. `concurrency` of these run for the relay's life:
+        a task per attempt measured ~3 us more CPU per delivery. A delivery stays in `held`
+        until its outcome is queued for recording, so one cut off at shutdown is handed back."""
+        flight = self._flight
+        loop = asyncio.get_running_loop()
+        while True:
+            if flight.queue:
+                c = flight.queue.popleft()
             else:
-                del flight.per_endpoint[c.endpoint_id]
-            # Only a relay held back by a cap needs waking when a slot frees up.
-            if was_full or left + 1 >= self.options.per_endpoint:
-                self._nudge.set()
+                waiter: asyncio.Future[Claimed] = loop.create_future()
+                flight.idle.append(waiter)
+                c = await waiter
+            try:
+                result = await self.attempt(c)
+            except Exception:
+                # Not expected (sending never raises); the lease brings the delivery back.
+                log.exception("attempt failed unexpectedly", delivery_id=c.delivery_id)
+            else:
+                self._results.append(result)
+                self._results_ready.set()
+            self._settle(c)
+
+    def _settle(self, c: Claimed) -> None:
+        flight = self._flight
+        was_full = len(flight.held) >= self.options.concurrency
+        del flight.held[c.delivery_id]
+        left = flight.per_endpoint[c.endpoint_id] - 1
+        if left:
+            flight.per_endpoint[c.endpoint_id] = left
+        else:
+            del flight.per_endpoint[c.endpoint_id]
+        if not flight.held:
+            flight.settled.set()
+        # Only a relay held back by a cap needs waking when a slot frees up.
+        if was_full or left + 1 >= self.options.per_endpoint:
+            self._nudge.set()
 
     async def _vacuumer(self) -> None:
         """VACUUM outbox.deliveries every `vacuum_every` seconds while outcomes are recorded.
@@ -469,6 +497,7 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, then shut down gracefully."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
         helpers = [
             asyncio.create_task(self._listener()),
             asyncio.create_task(self._recorder()),
@@ -490,22 +519,26 @@ class Relay:
                     await self._wait(backoff, stop)
                     backoff = min(backoff * 2, 10.0)
         finally:
-            await self._shutdown([*helpers, stop_waiter])
+            await self._shutdown(workers, [*helpers, stop_waiter])
 
     async def _nudge_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._nudge.set()
 
-    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(
+        self, workers: list[asyncio.Task[None]], helpers: list[asyncio.Task[None]]
+    ) -> None:
         flight = self._flight
         deadline = time.monotonic() + self.options.grace
         log.info("relay stopping", in_flight=len(flight.held), grace_s=self.options.grace)
-        if flight.tasks:
-            _, late = await asyncio.wait(set(flight.tasks), timeout=self.options.grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        held = self._cut + list(flight.held.values())
+        if flight.held:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(flight.settled.wait(), timeout=self.options.grace)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        # What is still held was cut off mid-attempt or never started: its leases go back.
+        held = list(flight.held.values())
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
