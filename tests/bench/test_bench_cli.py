@@ -15,7 +15,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support import env_without_outbox, outbox_cmd
 
-from outbox.bench import SCENARIOS
+from outbox.bench import SCENARIOS, soak
 from outbox.bench.harness import Target, interleave
 from outbox.bench.writer import arrivals, percentile
 
@@ -26,7 +26,7 @@ TARGETS = {
     "latency": {"p50_ms", "p99_ms"},
     "backlog": {"ratio_big_to_small", "relay_peak_rss_mb"},
     "isolation": {"ratio"},
-    "soak": {"throughput_decay", "p99_growth", "dead_tuples_growth"},
+    "soak": {"throughput_decay", "p99_trend", "dead_tuples_growth"},
 }
 
 
@@ -152,6 +152,33 @@ def test_arrivals_match_events_to_commits_by_contact_and_keep_first_arrival() ->
     found = arrivals(commits, records, {"evt_a": 1, "evt_b": 2})
 
     assert found == [(100.0, 0.25), (100.5, 0.25)]
+
+
+def test_soak_windows_take_whole_windows_of_commits_after_the_start() -> None:
+    # (commit time, seconds to arrival): two whole 10 s windows from t=2, then a partial one.
+    timed = (
+        [(1.0, 9.0)]
+        + [(2.0 + i, 0.010) for i in range(10)]
+        + [(12.0 + i, 0.020) for i in range(10)]
+    )
+    timed += [(22.5, 5.0)]
+
+    assert soak._p99_by_window(timed, 2.0, 23.0, 10.0) == [10.0, 20.0]
+
+
+@pytest.mark.parametrize(
+    ("p99s", "trend"),
+    [
+        ([10, 10, 10, 90, 10, 10, 10, 10, 10], 1.0),  # one slow window: not a trend
+        ([10, 90, 10, 10, 10, 10, 10, 10, 90], 1.0),
+        ([10, 12, 14, 20, 30, 40, 50, 60, 70], 5.0),  # a tail that keeps growing
+        ([20, 40], 2.0),
+    ],
+)
+def test_soak_trend_compares_the_last_third_of_windows_with_the_first(
+    p99s: list[float], trend: float
+) -> None:
+    assert soak._trend(p99s) == trend
 
 
 @pytest.mark.parametrize(
