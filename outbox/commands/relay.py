@@ -107,9 +107,9 @@ def register(sub: Any) -> None:
         "--summary-every",
         type=_non_negative_float,
         default=defaults.summary_every,
-        help="seconds between the log lines that count finished attempts; each delivered "
-        "attempt gets a line of its own only with OUTBOX_LOG_LEVEL=debug, retried and failed "
-        f"ones always do; 0 turns the summary off (default {defaults.summary_every:g})",
+        help="seconds between the info lines that count finished attempts; a delivered "
+        "attempt gets a line of its own only at OUTBOX_LOG_LEVEL=debug, a retried one at info, "
+        f"a failed one at warning; 0 turns the summary off (default {defaults.summary_every:g})",
     )
     parser.add_argument(
         "--metrics-port",
