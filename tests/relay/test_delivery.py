@@ -3,6 +3,7 @@ kind of answer is treated, the retry ladder in real time, and how `outbox relay`
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 import support
 from support import (
     Received,
@@ -410,6 +412,33 @@ def test_at_info_level_successes_are_counted_in_a_summary_and_failures_get_a_lin
     assert sum(r["failed"] for r in summaries) == 3
     assert sum(r["retrying"] for r in summaries) == 0
     assert all(r["level"] == "info" and r["per_s"] > 0 for r in summaries)
+
+
+async def test_a_relay_embedded_under_structlogs_generic_logger_logs_every_attempt(
+    conn: Conn, db_url: str
+) -> None:
+    # An application's own structlog setup may use the generic BoundLogger, which cannot say
+    # which levels it keeps: the relay then hands it every attempt's line to filter.
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.BoundLogger,
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        with receiving() as receiver:
+            add_endpoint(conn, receiver.url("/hook"))
+            event_id = emit_one(conn)
+            async with running_relay(db_url) as relay:
+                tally = await relay.run_once()
+    finally:
+        structlog.reset_defaults()
+
+    assert tally.delivered == 1
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    [line] = [r for r in lines if r["event"] == "attempt"]
+    assert (line["event_id"], line["outcome"], line["level"]) == (event_id, "delivered", "debug")
 
 
 def test_relay_rejects_an_unknown_log_level() -> None:
