@@ -142,8 +142,8 @@ class Relay:
         # A line per delivered attempt only at debug level: at info, successes are counted in
         # the periodic summary (their audit is in outbox.attempts either way), and failed or
         # retried attempts get a line each. Writing a line per success measured ~20 us of the
-        # relay's CPU per delivery.
-        # structlog's generic BoundLogger cannot say; it then gets every line and filters itself.
+        # relay's CPU per delivery. structlog's generic BoundLogger cannot say which levels it
+        # keeps; it then gets every line and filters them itself.
         try:
             self._log_delivered = bool(self._attempt_log.is_enabled_for(logging.DEBUG))
         except AttributeError:
