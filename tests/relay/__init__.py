@@ -325,3 +325,10 @@ def start_logged_relay(env: dict[str, str], log: Path, *args: str) -> subprocess
             stderr=stderr,
             start_new_session=True,
         )
+
+
+def log_records(log: Path, event: str | None = None) -> list[dict[str, Any]]:
+    """The relay's JSON log lines in `log` (those of one event, if given)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    return [r for r in parsed if event is None or r["event"] == event]

@@ -34,6 +34,7 @@ from . import (
     event_types,
     header,
     is_enabled,
+    log_records,
     only_delivery,
     receiving,
     relay_env,
@@ -84,6 +85,14 @@ def run_relay_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProces
 def problem_lines(stderr: str) -> list[str]:
     """stderr without the notice naming the database in use."""
     return [line for line in stderr.splitlines() if line and not line.startswith("database: ")]
+
+
+def refusal(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused command printed: no traceback, nothing on stdout."""
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    [line] = problem_lines(done.stderr)
+    return line
 
 
 # -- the ladder, in real time, through a long-lived `outbox relay` ------------------------------
@@ -401,14 +410,14 @@ def test_at_info_level_successes_are_counted_in_a_summary_and_failures_get_a_lin
                 what="every delivery settled",
             )
             wait_until(
-                lambda: sum(r.get("delivered", 0) for r in records(log, "attempts")) == 3,
+                lambda: sum(r.get("delivered", 0) for r in log_records(log, "attempts")) == 3,
                 what="the summaries to count the three deliveries",
             )
         finally:
             assert stop(relay) == 0
 
-    assert [r["outcome"] for r in records(log, "attempt")] == ["failed"] * 3
-    summaries = records(log, "attempts")
+    assert [r["outcome"] for r in log_records(log, "attempt")] == ["failed"] * 3
+    summaries = log_records(log, "attempts")
     assert sum(r["failed"] for r in summaries) == 3
     assert sum(r["retrying"] for r in summaries) == 0
     assert all(r["level"] == "info" and r["per_s"] > 0 for r in summaries)
@@ -441,22 +450,6 @@ async def test_a_relay_embedded_under_structlogs_generic_logger_logs_every_attem
     assert (line["event_id"], line["outcome"], line["level"]) == (event_id, "delivered", "debug")
 
 
-def test_relay_rejects_an_unknown_log_level() -> None:
-    env = {**env_without_outbox(), "DATABASE_URL": UNREACHABLE_DB, "OUTBOX_LOG_LEVEL": "loud"}
-    done = run_relay_cli(env)
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    [line] = problem_lines(done.stderr)
-    assert "OUTBOX_LOG_LEVEL='loud'" in line
-    assert done.stdout == ""
-
-
-def records(log: Path, event: str) -> list[dict[str, Any]]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    parsed = [json.loads(line) for line in lines if line.startswith("{")]
-    return [r for r in parsed if r["event"] == event]
-
-
 # -- refusing to start ----------------------------------------------------------------------------
 
 
@@ -464,20 +457,14 @@ def test_relay_refuses_to_start_with_pending_migrations(empty_db_url: str) -> No
     env = {**env_without_outbox(), "DATABASE_URL": empty_db_url, "OUTBOX_LOG_FORMAT": "json"}
     done = run_relay_cli(env)
     assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    [line] = problem_lines(done.stderr)
-    assert "outbox migrate" in line
-    assert done.stdout == ""
+    assert "outbox migrate" in refusal(done)
 
 
 def test_relay_reports_an_unreachable_database_in_one_line() -> None:
     env = {**env_without_outbox(), "DATABASE_URL": UNREACHABLE_DB, "OUTBOX_LOG_FORMAT": "json"}
     done = run_relay_cli(env)
     assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    [line] = problem_lines(done.stderr)
-    assert "database" in line
-    assert done.stdout == ""
+    assert "database" in refusal(done)
 
 
 def test_relay_rejects_a_malformed_retry_ladder() -> None:
@@ -488,10 +475,14 @@ def test_relay_rejects_a_malformed_retry_ladder() -> None:
     }
     done = run_relay_cli(env)
     assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    [line] = problem_lines(done.stderr)
-    assert "OUTBOX_RETRY_LADDER" in line
-    assert done.stdout == ""
+    assert "OUTBOX_RETRY_LADDER" in refusal(done)
+
+
+def test_relay_rejects_an_unknown_log_level() -> None:
+    env = {**env_without_outbox(), "DATABASE_URL": UNREACHABLE_DB, "OUTBOX_LOG_LEVEL": "loud"}
+    done = run_relay_cli(env)
+    assert done.returncode == 2
+    assert "OUTBOX_LOG_LEVEL='loud'" in refusal(done)
 
 
 def test_relay_rejects_a_negative_or_unreadable_vacuum_interval() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +12,15 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from support import stop, wait_until
 
-from . import add_endpoint, deliveries, emit_one, receiving, relay_env, start_logged_relay
+from . import (
+    add_endpoint,
+    deliveries,
+    emit_one,
+    log_records,
+    receiving,
+    relay_env,
+    start_logged_relay,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -28,8 +35,7 @@ def vacuum_count(conn: Conn) -> int:
 
 
 def log_events(log: Path) -> list[str]:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [json.loads(line)["event"] for line in lines if line.startswith("{")]
+    return [record["event"] for record in log_records(log)]
 
 
 @contextmanager
