@@ -9,6 +9,7 @@ import re
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -114,8 +115,8 @@ class Sender:
         # task that has just released a connection takes it straight back ahead of older
         # waiters, and the waiting counts against the timeout, so queued attempts can time out
         # without ever being sent.
-        self._slots = asyncio.Semaphore(max_connections)
-        self._host_slots: dict[HostKey, asyncio.Semaphore] = {}
+        self._slots = Slots(max_connections)
+        self._host_slots: dict[HostKey, Slots] = {}
 
     async def __aenter__(self) -> Sender:
         resolver: AbstractResolver = aiohttp.DefaultResolver()
@@ -161,26 +162,23 @@ class Sender:
             return _failed(target, None, time.perf_counter())
         parsed, host = target
         host_slots = self._host_slots.get(host) or self._add_host(host)
-        async with host_slots, self._slots:
-            return await self._post(session, parsed, body, headers)
-
-    def _add_host(self, host: HostKey) -> asyncio.Semaphore:
-        if len(self._host_slots) >= MAX_TRACKED_HOSTS:
-            # Forget idle hosts; aiohttp's own per-host limit still holds meanwhile.
-            for key, slots in list(self._host_slots.items()):
-                if not slots.locked():
-                    del self._host_slots[key]
-        slots = self._host_slots[host] = asyncio.Semaphore(self._max_per_host)
-        return slots
-
-    async def _post(
-        self, session: aiohttp.ClientSession, url: URL, body: bytes, headers: Mapping[str, str]
-    ) -> Outcome:
+        slots = self._slots
+        # One coroutine per attempt: the slots are taken by plain calls unless they are full, and
+        # the request is made here rather than in a helper, since every wake-up of the request
+        # resumes each coroutine that awaits it.
+        if not host_slots.take_now():
+            await host_slots.wait()
+        if not slots.take_now():
+            try:
+                await slots.wait()
+            except BaseException:
+                host_slots.give()
+                raise
         started = time.perf_counter()
         status: int | None = None
         try:
             async with session.post(
-                url, data=body, headers=headers, allow_redirects=False
+                parsed, data=body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 kept = await _read_capped(response)
@@ -191,7 +189,62 @@ class Sender:
             error = _describe(exc)
         except OSError as exc:
             error = _describe_os_error(exc)
+        finally:
+            slots.give()
+            host_slots.give()
         return _failed(error, status, started)
+
+    def _add_host(self, host: HostKey) -> Slots:
+        if len(self._host_slots) >= MAX_TRACKED_HOSTS:
+            # Forget idle hosts; aiohttp's own per-host limit still holds meanwhile.
+            for key, slots in list(self._host_slots.items()):
+                if slots.idle():
+                    del self._host_slots[key]
+        slots = self._host_slots[host] = Slots(self._max_per_host)
+        return slots
+
+
+class Slots:
+    """A first-come-first-served counting semaphore whose uncontended take is a plain call:
+    asyncio.Semaphore's `async with` costs three coroutines however free it is."""
+
+    __slots__ = ("_free", "_size", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = self._size = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def idle(self) -> bool:
+        return self._free == self._size
+
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody is waiting for it; else `await wait()`."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait(self) -> None:
+        """Wait in line for a slot; it is the caller's when this returns."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot in the same instant as being cancelled
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Hand the slot to the longest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 @functools.lru_cache(maxsize=4096)
