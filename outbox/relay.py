@@ -164,7 +164,11 @@ class Relay:
 
     async def attempt(self, c: Claimed) -> Result:
         """Send one delivery and work out its outcome (recording it is the caller's job)."""
-        number = c.attempts + 1
+        body, headers, started = self._prepare(c)
+        return self._finish(c, started, await self.sender.send(c.url, body, headers))
+
+    def _prepare(self, c: Claimed) -> tuple[bytes, dict[str, str], datetime]:
+        """The body and signed headers of `c`'s next attempt, and when that attempt starts."""
         body = self._body(c)
         started = self.clock()
         headers = signing.delivery_headers(
@@ -172,12 +176,15 @@ class Relay:
             event_id=c.event_id,
             event_type=c.event_type,
             delivery_id=str(c.delivery_id),
-            attempt=number,
+            attempt=c.attempts + 1,
             body=body,
             timestamp=int(started.timestamp()),
             user_agent=signing.USER_AGENT,
         )
-        outcome = await self.sender.send(c.url, body, headers)
+        return body, headers, started
+
+    def _finish(self, c: Claimed, started: datetime, outcome: Outcome) -> Result:
+        """The attempt's result from what the receiver did; counted, logged and observed."""
         if outcome.ok:
             status, delay = "delivered", 0.0
         else:
@@ -185,7 +192,7 @@ class Relay:
         result = Result(
             delivery_id=c.delivery_id,
             lease=c.lease,
-            attempt=number,
+            attempt=c.attempts + 1,
             status=status,
             delay=delay,
             started_at=started,
@@ -310,6 +317,7 @@ class Relay:
         until its outcome is queued for recording, so one cut off at shutdown is handed back."""
         flight = self._flight
         loop = asyncio.get_running_loop()
+        send = self.sender.send
         while True:
             if flight.queue:
                 c = flight.queue.popleft()
@@ -318,7 +326,9 @@ class Relay:
                 flight.idle.append(waiter)
                 c = await waiter
             try:
-                result = await self.attempt(c)
+                # attempt()'s steps inline: one coroutine less to resume at every wake-up
+                body, headers, started = self._prepare(c)
+                result = self._finish(c, started, await send(c.url, body, headers))
             except Exception:
                 # Not expected (sending never raises); the lease brings the delivery back.
                 log.exception("attempt failed unexpectedly", delivery_id=c.delivery_id)
