@@ -7,6 +7,7 @@ client add their per-statement overhead (and the GIL) to both sides and flatter 
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from dataclasses import dataclass
@@ -19,12 +20,12 @@ from outbox.bench.harness import (
     Report,
     Target,
     at_least,
-    interleave,
     median,
     ratio,
+    rotate,
 )
 from outbox.db import benchdb
-from outbox.db.benchdb import BenchDb
+from outbox.db.benchdb import BenchDb, Capture
 from outbox.errors import OutboxError
 from outbox.sqlfiles import queries
 
@@ -43,6 +44,8 @@ class Case:
     rows: int  # rows per statement
     target: float
 
+
+_SIDES: dict[Capture, str] = {"outbox": "with capture", "off": "plain", "reference": "reference"}
 
 CASES = (
     Case("1_client", "pgbench_single_row", 1, 1, 0.80),
@@ -82,37 +85,45 @@ def run(bench: Bench) -> Report:
         # Subscribed to every event type, so each row gets its event and its delivery. No relay
         # runs: nothing is ever sent to this address.
         db.add_endpoint("http://127.0.0.1:9/capture")
+        db.install_reference()
         figures: dict[str, Figure] = {}
         targets: dict[str, Target] = {}
         for case in CASES:
             script = bench.workdir / f"{case.script}.sql"
             script.write_text(sql[case.script] + "\n")
 
-            def measure(index: int, *, on: bool, case: Case = case, script: Path = script) -> float:
-                db.capture(on=on)
+            def measure(
+                index: int, mode: Capture, *, case: Case = case, script: Path = script
+            ) -> float:
+                db.capture(mode)
                 db.checkpoint()
                 tps = _pgbench(bench, pgbench, url, script, case.clients)
-                mode = "with capture" if on else "plain"
-                progress.step(f"{case.name} round {index + 1}/{rounds} {mode}: {tps:,.0f} tps")
+                progress.step(
+                    f"{case.name} round {index + 1}/{rounds} {_SIDES[mode]}: {tps:,.0f} tps"
+                )
                 return tps * case.rows
 
-            with_capture, plain = interleave(
-                rounds, lambda i: measure(i, on=True), lambda i: measure(i, on=False)
+            with_capture, plain, reference = rotate(
+                rounds, [functools.partial(measure, mode=mode) for mode in _SIDES]
             )
             unit = "rows_per_s" if case.rows > 1 else "tps"
             figures[f"{case.name}_{unit}_with_capture"] = median(with_capture)
             figures[f"{case.name}_{unit}_plain"] = median(plain)
             share = ratio(with_capture, plain)
             figures[f"{case.name}_ratio"] = share
+            figures[f"{case.name}_ratio_reference"] = ratio(reference, plain)
             targets[f"{case.name}_ratio"] = at_least(share, case.target)
-        db.capture(on=True)
+        db.capture("outbox")
         notes = [
             "pgbench (C client, prepared statements): the ratio is the server-side cost",
-            f"each case: {rounds} rounds, capture on/off alternating, "
+            f"each case: {rounds} rounds of capture on, off and reference in turn, "
             + ("10 transactions per client" if bench.quick else f"{SECONDS} s per run")
             + "; a CHECKPOINT before every run; medians of per-round ratios",
             "durable commits (synchronous_commit as the server has it); one subscribed "
             "endpoint, no relay running; 100-row case at 4 clients",
+            "*_ratio_reference: the same comparison for the cheapest trigger capture there is "
+            "(each row as jsonb into an unindexed table: no id, no fan-out), the ceiling of any "
+            "trigger-written outbox on this machine",
         ]
         return bench.report(
             db,

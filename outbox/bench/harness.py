@@ -275,6 +275,17 @@ def interleave(
     return a, b
 
 
+def rotate(rounds: int, sides: Sequence[Callable[[int], A]]) -> list[list[A]]:
+    """interleave() for any number of sides: each round starts one side later (ABC BCA CAB...);
+    returns each side's results, in the order of `sides`."""
+    results: list[list[A]] = [[] for _ in sides]
+    for index in range(rounds):
+        for turn in range(len(sides)):
+            side = (index + turn) % len(sides)
+            results[side].append(sides[side](index))
+    return results
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -7,7 +7,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import psycopg
@@ -20,6 +20,7 @@ from outbox.sqlfiles import queries
 
 Q = queries("bench")
 EventRow = tuple[str, str, datetime, str, str | None]
+Capture = Literal["outbox", "reference", "off"]
 
 
 def _open(url: str) -> psycopg.Connection[Any]:
@@ -137,8 +138,15 @@ class BenchDb:
     def relays_idle(self) -> int:
         return int(self._value("bench_relays_idle"))
 
-    def capture(self, *, on: bool) -> None:
-        self.conn.execute(Q["bench_capture_on" if on else "bench_capture_off"])
+    def install_reference(self) -> None:
+        """Add the reference capture trigger (bench.sql) to stover.contacts, switched off."""
+        self.conn.execute(Q["bench_reference_install"])
+        self.capture("outbox")
+
+    def capture(self, mode: Capture) -> None:
+        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference
+        trigger (after install_reference), or none."""
+        self.conn.execute(Q[f"bench_capture_{mode}"])
 
     def checkpoint(self) -> bool:
         """Flush dirty pages now so a measurement does not start mid-checkpoint (needs rights)."""

@@ -52,8 +52,28 @@ select status, count(*) from outbox.deliveries group by status;
 -- name: bench_relays_idle
 select count(*) from outbox.relays where idle and heartbeat_at > now() - interval '1 minute';
 
--- name: bench_capture_on
+-- name: bench_reference_install
+-- The cheapest capture a trigger can make: each inserted row as jsonb into a table with no index,
+-- no id, no fan-out, by one statement-level plpgsql trigger. What it costs a write is as close
+-- as a trigger-written outbox can come to plain INSERTs on this machine.
+create table bench_reference (data jsonb);
+create function bench_reference() returns trigger
+language plpgsql as $$
+begin
+    insert into bench_reference (data) select to_jsonb(r) from new_rows r;
+    return null;
+end
+$$;
+create trigger bench_reference after insert on stover.contacts
+    referencing new table as new_rows for each statement execute function bench_reference();
+
+-- name: bench_capture_outbox
 alter table stover.contacts enable trigger user;
+alter table stover.contacts disable trigger bench_reference;
+
+-- name: bench_capture_reference
+alter table stover.contacts disable trigger user;
+alter table stover.contacts enable trigger bench_reference;
 
 -- name: bench_capture_off
 alter table stover.contacts disable trigger user;

@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 from support import env_without_outbox, outbox_cmd
 
 from outbox.bench import SCENARIOS, soak
-from outbox.bench.harness import Target, interleave
+from outbox.bench.harness import Target, interleave, rotate
 from outbox.bench.writer import arrivals, percentile
 
 TARGETS = {
@@ -79,6 +79,9 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
     for name, value in report["figures"].items():
         assert value is None or isinstance(value, int | float | str), name
     assert set(report["targets"]) == TARGETS[scenario]
+    if scenario == "capture":  # each ratio beside the reference trigger's, from the same rounds
+        for name in TARGETS["capture"]:
+            assert report["figures"][f"{name}_reference"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
     machine = report["machine"]
@@ -135,6 +138,26 @@ def test_interleave_alternates_which_side_goes_first() -> None:
 
     assert order == ["a0", "b0", "b1", "a1", "a2", "b2"]
     assert a == b == [0, 1, 2]
+
+
+def test_rotate_starts_each_round_one_side_later() -> None:
+    order: list[str] = []
+
+    def side(name: str) -> Callable[[int], str]:
+        def run(index: int) -> str:
+            order.append(f"{name}{index}")
+            return f"{name}{index}"
+
+        return run
+
+    a, b, c = rotate(4, [side("a"), side("b"), side("c")])
+
+    assert order == ["a0", "b0", "c0", "b1", "c1", "a1", "c2", "a2", "b2", "a3", "b3", "c3"]
+    assert (a, b, c) == (
+        ["a0", "a1", "a2", "a3"],
+        ["b0", "b1", "b2", "b3"],
+        ["c0", "c1", "c2", "c3"],
+    )
 
 
 @pytest.mark.parametrize(
