@@ -365,6 +365,38 @@ async def test_a_receiver_that_never_answers_times_out() -> None:
     assert outcome.error == "timeout: no response within 0.5s"
 
 
+async def test_after_a_timeout_the_same_task_sends_again_and_is_not_left_cancelled(
+    receiver: Receiver,
+) -> None:
+    async with (
+        raw_server(never_answer) as server,
+        Sender(timeout=0.5, allow_private_networks=True, user_agent="t") as sender,
+    ):
+        hung = await send_json(sender, f"http://127.0.0.1:{server.port}/hook")
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0  # the timeout's cancellation was taken back
+        after = await send_json(sender, receiver.url("/ok"))
+        await asyncio.sleep(0.2)  # no cancellation is left pending for a later await
+
+    assert hung.error == "timeout: no response within 0.5s"
+    assert after.ok
+
+
+async def test_cancelling_a_send_from_outside_cancels_it_instead_of_timing_it_out() -> None:
+    async with (
+        raw_server(never_answer) as server,
+        Sender(timeout=5.0, allow_private_networks=True, user_agent="t") as sender,
+    ):
+        sending = asyncio.create_task(send_json(sender, f"http://127.0.0.1:{server.port}/hook"))
+        await asyncio.sleep(0.3)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        # Its slots came back: a full set of attempts can still start at once.
+        assert sender._slots.idle()
+
+
 async def test_a_body_that_stalls_after_the_headers_times_out(receiver: Receiver) -> None:
     async with Sender(timeout=0.5, allow_private_networks=True, user_agent="t") as sender:
         outcome = await send_json(sender, receiver.url("/stall-body"))
