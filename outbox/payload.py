@@ -139,30 +139,34 @@ def _as_is(json_text: str) -> bytes | None:
 
 def _plain(value: object) -> bool:
     """Whether a parsed tree holds only strings, booleans, nulls, integers below 10**15, and
-    objects none of whose keys starts with a digit."""
-    kind = type(value)
-    items: Iterable[object]
-    if kind is dict:
-        obj = cast(dict[str, object], value)
-        if obj and min(obj) < ":" and any(key[:1] in _DIGITS for key in obj):
-            return False
-        items = obj.values()
-    elif kind is list:
-        items = cast(list[object], value)
-    else:
-        return _plain_scalar(value)
-    for item in items:
-        # Strings and nulls, the usual column values, skip the call (a generator measured slower).
-        if type(item) is not str and item is not None and not _plain(item):
-            return False
+    objects none of whose keys starts with a digit. Walked with a list of pending containers
+    rather than by recursion: half the time for a table row."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        kind = type(node)
+        items: Iterable[object]
+        if kind is dict:
+            obj = cast(dict[str, object], node)
+            if obj and min(obj) < ":" and any(key[:1] in _DIGITS for key in obj):
+                return False
+            items = obj.values()
+        elif kind is list:
+            items = cast(list[object], node)
+        else:
+            items = (node,)
+        for item in items:
+            kind = type(item)
+            if kind is str or item is None or kind is bool:
+                continue
+            if kind is int:
+                if not -_EXACT_INT < cast(int, item) < _EXACT_INT:
+                    return False
+            elif kind is dict or kind is list:
+                pending.append(item)
+            else:
+                return False
     return True
-
-
-def _plain_scalar(value: object) -> bool:
-    kind = type(value)
-    if kind is int:
-        return -_EXACT_INT < cast(int, value) < _EXACT_INT
-    return kind is str or kind is bool or value is None
 
 
 def dumps(value: object) -> str:

@@ -215,6 +215,7 @@ def test_the_shortcut_for_plain_data_writes_what_the_general_renderer_writes(eve
     [
         '{"n": 999999999999999, "m": -999999999999999, "s": "12:30:45.5 1e5 \\"7\\": x"}',
         '{"a": [true, false, null, {"b": "\\u2028 \\u0007 \\\\ \\""}], "z": "😀"}',
+        '{"a": {"b": [1, [2, {"c": null, "d": {}}], []]}, "e": [{"f": -3}]}',
     ],
 )
 def test_plain_data_takes_the_shortcut_and_matches_the_general_renderer(data_json: str) -> None:
@@ -225,7 +226,17 @@ def test_plain_data_takes_the_shortcut_and_matches_the_general_renderer(data_jso
 
 @pytest.mark.parametrize(
     "data_json",
-    ['{"n": 1.5}', '{"n": 1e5}', '{"n": 1000000000000000}', '{"1": "x"}', '{"s": "\\ud800"}'],
+    [
+        '{"n": 1.5}',
+        '{"n": 1e5}',
+        '{"n": 1000000000000000}',
+        '{"1": "x"}',
+        '{"s": "\\ud800"}',
+        # the same, deep inside objects and arrays
+        '{"a": [1, {"b": {"2": "x"}}]}',
+        '{"a": {"b": [true, 0.5]}}',
+        '{"a": [[null, -1000000000000000]]}',
+    ],
 )
 def test_numbers_and_keys_that_need_javascripts_rules_take_the_general_path(
     data_json: str,
