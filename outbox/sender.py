@@ -119,11 +119,11 @@ class Sender:
         # without ever being sent.
         self._slots = Slots(max_connections)
         self._host_slots: dict[HostKey, Slots] = {}
-        # Each attempt's deadline, by the task making it. One sweeper cancels the overdue ones
-        # every SWEEP_SECONDS: aiohttp's own timeout schedules and cancels a timer per request
-        # (~3% of the relay's CPU at full drain), and a deadline may be a little late, not early.
+        # Each attempt's deadline, by the task making it. One sweeper takes out the overdue ones
+        # and cancels their tasks every SWEEP_SECONDS: aiohttp's own timeout schedules and
+        # cancels a timer per request (~3% of the relay's CPU at full drain). A deadline may be
+        # a little late, never early.
         self._deadlines: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Sender:
@@ -173,8 +173,8 @@ class Sender:
             await asyncio.sleep(every)
             now = loop.time()
             for task, deadline in list(self._deadlines.items()):
-                if deadline <= now and task not in self._expired:
-                    self._expired.add(task)
+                if deadline <= now:
+                    del self._deadlines[task]
                     task.cancel()
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
@@ -186,6 +186,9 @@ class Sender:
         if isinstance(target, str):
             return _failed(target, None, time.perf_counter())
         parsed, host = target
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Sender.send must run in an asyncio task")
         host_slots = self._host_slots.get(host) or self._add_host(host)
         slots = self._slots
         # One coroutine per attempt: the slots are taken by plain calls unless they are full, and
@@ -201,9 +204,6 @@ class Sender:
                 raise
         started = time.perf_counter()
         status: int | None = None
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("Sender.send must run in an asyncio task")
         self._deadlines[task] = task.get_loop().time() + self._timeout
         try:
             async with session.post(
@@ -213,11 +213,9 @@ class Sender:
                 kept = await _read_capped(response)
                 return _answered(response, status, kept, started)
         except asyncio.CancelledError:
-            # The sweeper's cancellation becomes a timeout; anyone else's goes on up.
-            if task not in self._expired:
-                raise
-            self._expired.discard(task)
-            if task.uncancel():
+            # The sweeper's cancellation (it took the deadline out) becomes a timeout; anyone
+            # else's goes on up.
+            if task in self._deadlines or task.uncancel():
                 raise
             error = self._timeout_error
         except aiohttp.ClientError as exc:
@@ -225,7 +223,7 @@ class Sender:
         except OSError as exc:
             error = _describe_os_error(exc)
         finally:
-            del self._deadlines[task]
+            self._deadlines.pop(task, None)
             slots.give()
             host_slots.give()
         return _failed(error, status, started)

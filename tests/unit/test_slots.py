@@ -43,12 +43,18 @@ async def test_waiters_get_freed_slots_in_the_order_they_came() -> None:
     assert slots.idle()
 
 
-async def test_a_cancelled_waiter_leaves_the_line() -> None:
+async def two_in_line() -> tuple[Slots, asyncio.Task[None], asyncio.Task[None]]:
+    """A single slot, taken, and two tasks waiting for it in order."""
     slots = Slots(1)
     assert slots.take_now()
     first = asyncio.create_task(slots.wait())
     second = asyncio.create_task(slots.wait())
     await asyncio.sleep(0)
+    return slots, first, second
+
+
+async def test_a_cancelled_waiter_leaves_the_line() -> None:
+    slots, first, second = await two_in_line()
 
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
@@ -60,11 +66,7 @@ async def test_a_cancelled_waiter_leaves_the_line() -> None:
 
 
 async def test_a_slot_handed_to_a_waiter_cancelled_in_the_same_instant_is_passed_on() -> None:
-    slots = Slots(1)
-    assert slots.take_now()
-    first = asyncio.create_task(slots.wait())
-    second = asyncio.create_task(slots.wait())
-    await asyncio.sleep(0)
+    slots, first, second = await two_in_line()
 
     slots.give()  # first's future now holds the slot, but first has not run yet
     first.cancel()
