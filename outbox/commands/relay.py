@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
         "--vacuum-every",
         type=_non_negative_float,
         default=defaults.vacuum_every,
-        help="seconds between VACUUMs of outbox.deliveries while deliveries flow, when this "
+        help="seconds between VACUUMs of outbox.deliveries while a backlog drains, when this "
         "role may (its owner; outbox_relay from PostgreSQL 17); 0 leaves it to autovacuum "
         f"(default {defaults.vacuum_every:g})",
     )
