@@ -472,19 +472,18 @@ class Relay:
     ) -> None:
         """Go on at once, gather a trickle, or say idle and sleep: by what the claim found."""
         opts = self.options
-        if claimed == limit or not busy:
-            # Full: more was due than the claim could take. Short with no endpoint skipped:
-            # caught up. (Short because endpoints at their cap were skipped says neither.)
-            self._draining = claimed == limit
         if claimed == limit:
+            self._draining = True  # more was due than the claim could take
             if state["idle"]:
                 # Saturated: stop asking writers for NOTIFYs; this relay is polling anyway.
                 await self.store.announce(self.relay_id, idle=False)
                 state["idle"] = False
             return
         if busy:
+            # Short because endpoints at their cap were skipped: says nothing of a backlog.
             self._fruitless = (frozenset(busy), time.monotonic() + opts.poll_interval)
             return
+        self._draining = False  # short with no endpoint skipped: caught up
         now = time.monotonic()
         if claimed:
             state["quiet_since"] = 0.0
