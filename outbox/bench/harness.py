@@ -7,13 +7,13 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+from outbox import progress
 from outbox.bench import procs
 from outbox.config import Settings
 from outbox.db import benchdb, migrate
@@ -122,46 +122,12 @@ class Report:
         return "\n".join(lines)
 
 
-class Progress:
-    """Counts on stderr while a scenario runs: one updating line on a terminal, else a line every
-    few seconds."""
+class Progress(progress.Progress):
+    """Progress of one scenario, its lines headed `bench <scenario>:`."""
 
     def __init__(self, scenario: str, stream: TextIO | None = None, every: float = 5.0) -> None:
+        super().__init__(f"bench {scenario}", stream, every)
         self.scenario = scenario
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every = every
-        self._last = 0.0
-        self._shown = 0
-
-    def __call__(self, text: str) -> None:
-        """Show `text` if the last update is old enough (cheap to call in a polling loop)."""
-        now = time.monotonic()
-        if now - self._last < (0.1 if self.tty else self.every):
-            return
-        self._last = now
-        self._write(text)
-
-    def step(self, text: str) -> None:
-        """Show `text` now: the end of a phase."""
-        self._last = time.monotonic()
-        self._write(text, final=True)
-
-    def _write(self, text: str, *, final: bool = False) -> None:
-        line = f"bench {self.scenario}: {text}"
-        if self.tty:
-            pad = max(self._shown - len(line), 0)
-            self.stream.write("\r" + line + " " * pad + ("\n" if final else ""))
-            self._shown = 0 if final else len(line) + pad
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = 0
 
 
 @dataclass
