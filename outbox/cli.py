@@ -16,6 +16,7 @@ COMMANDS = (
     "relay",
     "endpoints",
     "deliveries",
+    "prune",
     "listen",
     "demo",
     "bench",

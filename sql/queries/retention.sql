@@ -1,0 +1,42 @@
+-- `outbox prune`: remove events older than a cutoff, with their deliveries and attempts, once
+-- none of their deliveries is pending. Every parameter carries an explicit cast.
+--
+-- Batches walk outbox.events in id order: ids start with the microsecond clock of their insert,
+-- so the primary key yields the oldest events first and each batch reads only its own rows.
+
+-- name: prune_batch
+-- The next batch of events after %(after)s, each marked whether it is old enough to prune.
+select id, created_at < %(cutoff)s::timestamptz as old
+from outbox.events
+where id > %(after)s::text
+order by id
+limit %(batch)s::integer;
+
+-- name: prune_deliveries
+-- The deliveries of the batch's old events that have no pending delivery. A delivery requeued
+-- after this statement's snapshot is read again under its row lock, is pending, and stays.
+delete from outbox.deliveries d
+where d.event_id = any(%(event_ids)s::text[])
+  and d.status <> 'pending'
+  and not exists (select 1 from outbox.deliveries p
+                  where p.event_id = d.event_id and p.status = 'pending')
+returning d.event_id;
+
+-- name: prune_events
+-- A statement of its own, so its snapshot sees the deletions above and any delivery committed
+-- since: an event with a delivery left (pending, or added by a replay) stays.
+delete from outbox.events e
+where e.id = any(%(event_ids)s::text[])
+  and not exists (select 1 from outbox.deliveries d where d.event_id = e.id)
+returning e.id;
+
+-- name: prune_count
+-- What prune_deliveries and prune_events would remove from the batch's old events.
+select count(*) filter (where not c.pending) as events,
+       coalesce(sum(c.deliveries) filter (where not c.pending), 0) as deliveries
+from unnest(%(event_ids)s::text[]) as e(id)
+cross join lateral (
+    select count(*) as deliveries, coalesce(bool_or(d.status = 'pending'), false) as pending
+    from outbox.deliveries d
+    where d.event_id = e.id
+) c;

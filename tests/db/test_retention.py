@@ -1,0 +1,137 @@
+"""Retention against concurrent operators: a prune that meets a redelivery of a delivery it
+removes waits for it and keeps the delivery, now pending, with its event."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any, LiteralString
+
+import psycopg
+import pytest
+
+from outbox.db import retention
+from outbox.sqlfiles import queries
+
+Conn = psycopg.Connection[Any]
+
+
+def one(conn: Conn, query: LiteralString, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def old_event(conn: Conn, event_type: str) -> str:
+    event_id: str = one(conn, "select outbox.emit(%s, '{}'::jsonb)", [event_type])
+    conn.execute(
+        "update outbox.events set created_at = now() - interval '40 days' where id = %s",
+        [event_id],
+    )
+    return event_id
+
+
+def endpoint(conn: Conn, types: list[str]) -> str:
+    endpoint_id: str = one(
+        conn,
+        "insert into outbox.endpoints (url, event_types) values (%s, %s) returning id",
+        ["https://a.example.com/in", types],
+    )
+    return endpoint_id
+
+
+@pytest.fixture
+def operator(db_url: str) -> Iterator[Conn]:
+    """A second connection, holding an operator's transaction open."""
+    with psycopg.connect(db_url) as connection:
+        yield connection
+
+
+class Pruning:
+    """`retention.prune` of events older than 30 days, on a connection and thread of its own."""
+
+    def __init__(self, db_url: str) -> None:
+        self.conn = psycopg.connect(db_url, autocommit=True)
+        self.result: retention.Pruned | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            before = retention.cutoff(self.conn, timedelta(days=30))
+            self.result = retention.prune(self.conn, before=before)
+        except BaseException as exc:  # handed to the test in finish()
+            self.error = exc
+
+    def start_and_wait_until_blocked(self, watcher: Conn, timeout: float = 10.0) -> bool:
+        """Start; True once the prune waits on a lock, False if it finished without waiting."""
+        pid = self.conn.info.backend_pid
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            if one(
+                watcher,
+                "select coalesce(bool_or(wait_event_type = 'Lock'), false)"
+                " from pg_stat_activity where pid = %s",
+                [pid],
+            ):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def finish(self) -> retention.Pruned:
+        self.thread.join(timeout=30)
+        self.conn.close()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def orphans(conn: Conn) -> int:
+    return int(
+        one(
+            conn,
+            "select count(*) from outbox.deliveries d"
+            " where not exists (select 1 from outbox.events e where e.id = d.event_id)",
+        )
+    )
+
+
+def in_transaction(conn: Conn, work: Callable[[Conn], object]) -> None:
+    """Run `work` in a transaction left open on `conn` (not autocommit)."""
+    work(conn)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_a_prune_meeting_an_uncommitted_redelivery_keeps_the_event_and_its_delivery(
+    conn: Conn, operator: Conn, db_url: str
+) -> None:
+    endpoint(conn, ["deal.*"])
+    event_id = old_event(conn, "deal.created")
+    conn.execute(
+        "update outbox.deliveries set status = 'failed', next_attempt_at = null,"
+        " attempts = 5 where event_id = %s",
+        [event_id],
+    )
+    delivery_id = one(conn, "select id from outbox.deliveries where event_id = %s", [event_id])
+
+    in_transaction(
+        operator,
+        lambda c: c.execute(
+            queries("admin")["deliveries_requeue"], {"delivery_ids": [delivery_id]}
+        ),
+    )
+    pruning = Pruning(db_url)
+    blocked = pruning.start_and_wait_until_blocked(conn)
+    operator.commit()
+    pruned = pruning.finish()
+
+    assert blocked, "the prune did not wait for the redelivery holding the delivery"
+    assert (pruned.events, pruned.deliveries, pruned.kept) == (0, 0, 1)
+    assert one(conn, "select status from outbox.deliveries where id = %s", [delivery_id]) == (
+        "pending"
+    )
+    assert one(conn, "select count(*) from outbox.events where id = %s", [event_id]) == 1
