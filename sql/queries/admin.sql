@@ -142,6 +142,9 @@ with matching as (
       and (%(until)s::timestamptz is null or e.created_at < %(until)s::timestamptz)
       and outbox.type_matches(%(subscribed)s::text[], e.type)
       and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
+    -- `outbox prune` deleting one of these events waits for this replay to commit, and then
+    -- removes the new delivery with the event instead of leaving it without one.
+    for key share of e
 ),
 existing as (
     select d.id, d.event_id, d.status

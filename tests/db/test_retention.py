@@ -1,12 +1,13 @@
-"""Retention against concurrent operators: a prune that meets a redelivery of a delivery it
-removes waits for it and keeps the delivery, now pending, with its event."""
+"""Retention against concurrent operators: a prune that meets a redelivery or a replay of the
+events it removes waits for them and leaves no delivery without its event, nor drops a
+delivery that was put back to pending."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
@@ -104,6 +105,40 @@ def in_transaction(conn: Conn, work: Callable[[Conn], object]) -> None:
     """Run `work` in a transaction left open on `conn` (not autocommit)."""
     work(conn)
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_a_prune_meeting_an_uncommitted_replay_leaves_no_delivery_without_its_event(
+    conn: Conn, operator: Conn, db_url: str
+) -> None:
+    endpoint(conn, ["deal.*"])
+    event_id = old_event(conn, "deal.created")
+    conn.execute(
+        "update outbox.deliveries set status = 'delivered' where event_id = %s", [event_id]
+    )
+    later = endpoint(conn, ["deal.*"])  # created after the event: the replay gives it a delivery
+
+    def replay(c: Conn) -> None:
+        c.execute(
+            queries("admin")["endpoint_replay"],
+            {
+                "endpoint_id": later,
+                "since": datetime(2000, 1, 1),
+                "until": None,
+                "subscribed": ["deal.*"],
+                "types": None,
+            },
+        )
+
+    in_transaction(operator, replay)
+    pruning = Pruning(db_url)
+    blocked = pruning.start_and_wait_until_blocked(conn)
+    operator.commit()
+    pruned = pruning.finish()
+
+    assert blocked, "the prune did not wait for the replay holding the event"
+    assert (pruned.events, pruned.deliveries) == (1, 1)
+    assert orphans(conn) == 0
+    assert one(conn, "select count(*) from outbox.events where id = %s", [event_id]) == 0
 
 
 def test_a_prune_meeting_an_uncommitted_redelivery_keeps_the_event_and_its_delivery(
