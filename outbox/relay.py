@@ -357,7 +357,7 @@ class Relay:
         """VACUUM outbox.deliveries every `vacuum_every` seconds while the relay drains a backlog.
 
         Each attempt leaves dead row versions and index entries, and every claim walks the dead
-        entries at the head of the due index. Draining a backlog, a relay leaves hundreds of
+        entries at the head of its endpoint's range of the pending index. Draining a backlog, a relay leaves hundreds of
         thousands of them in the minute autovacuum takes to come round, and full claims walk
         them all. Keeping pace with a trickle, it claims a few rows at a time, and there a VACUUM
         costs more than it saves: the relay's CPU per delivery measured the same without it (10
@@ -452,8 +452,8 @@ class Relay:
         skip_set, skip_until = self._fruitless
         if busy and frozenset(busy) == skip_set and time.monotonic() < skip_until:
             # The last claim that skipped these same busy endpoints found nothing else due.
-            # Skipping them walks the due index past all their rows, so do not repeat it on
-            # every completed attempt: wait until one of them frees up, a wake-up, or the poll.
+            # Asking again on every completed attempt would find the same nothing, a query
+            # each time: wait until one of them frees up, a wake-up, or the poll.
             await self._wait(skip_until - time.monotonic(), stop)
             return
         claimed = await self.store.claim(limit, self.settings.lease_seconds, busy)

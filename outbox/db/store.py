@@ -111,7 +111,7 @@ class Store:
         async with self.pool.connection() as conn:
             cur = await conn.execute(Q["deliveries_next_due"])
             row = await cur.fetchone()
-        return None if row is None else float(row[0])
+        return None if row is None or row[0] is None else float(row[0])
 
     async def may_vacuum(self) -> bool:
         async with self.pool.connection() as conn:

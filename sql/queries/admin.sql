@@ -14,7 +14,7 @@ returning id;
 select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
 
 -- name: endpoints_list
--- The pending count walks the partial due index; the failed count walks the endpoint's
+-- The pending count walks the endpoint's range of the partial pending index; the failed count walks the endpoint's
 -- deliveries, which is fine for an operator's listing.
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
        (select count(*) from outbox.deliveries d

@@ -36,7 +36,7 @@ fanned as (
 select outbox.wake_relays();
 
 -- name: bench_pending_count
--- Walks the partial due index, so it stays cheap while a backlog drains.
+-- Walks the partial pending index, so it stays cheap while a backlog drains.
 select count(*) from outbox.deliveries where status = 'pending';
 
 -- name: bench_pending_enabled_count

@@ -3,10 +3,15 @@
 -- delivery's own next_attempt_at pushed %(lease)s seconds ahead: a relay that dies leaves the row
 -- to come due again by itself, and the value it set doubles as the token its completion must match.
 --
--- The MATERIALIZED CTE is a fence: it makes the planner pick and lock exactly LIMIT rows from the
--- due index before the join with events and endpoints, instead of flattening the subquery and
--- locking whatever rows the join happens to visit. Endpoints this relay already has at its
--- per-endpoint cap are skipped (%(busy)s) so one slow receiver cannot soak up the batch.
+-- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `ready`
+-- asks each enabled endpoint this relay is not skipping (%(busy)s: those at its per-endpoint
+-- cap) for its oldest due time, one index probe each; `due` then takes the endpoints with the
+-- oldest due work first, each one's deliveries in due order, until %(limit)s are locked. The
+-- LIMIT stops the nested loop as soon as it has enough, so only the rows claimed are read and
+-- locked, and the deliveries of disabled or skipped endpoints are never read at all. SKIP
+-- LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
+-- MATERIALIZED CTEs are fences: the planner cannot flatten them into a join that locks
+-- whatever rows it happens to visit.
 --
 -- The claim commits without waiting for its WAL to reach disk (synchronous_commit off for this
 -- statement's transaction only): a claim lost in a server crash only makes its deliveries due
@@ -15,16 +20,35 @@
 with async_commit as materialized (
     select set_config('synchronous_commit', 'off', true)
 ),
+ready as materialized (
+    select ep.id, oldest.at
+    from outbox.endpoints ep
+    cross join lateral (
+        select d.next_attempt_at as at
+        from outbox.deliveries d
+        where d.endpoint_id = ep.id
+          and d.status = 'pending'
+          and d.next_attempt_at <= now()
+        order by d.next_attempt_at
+        limit 1
+    ) oldest
+    where ep.enabled
+      and ep.id <> all (%(busy)s::text[])
+),
 due as materialized (
-    select d.id
-    from outbox.deliveries d
-    where d.status = 'pending'
-      and d.next_attempt_at <= now()
-      and d.endpoint_id <> all (%(busy)s::text[])
-      and exists (select 1 from outbox.endpoints ep where ep.id = d.endpoint_id and ep.enabled)
-    order by d.next_attempt_at
+    select taken.id
+    from (select id, at from ready order by at) r
+    cross join lateral (
+        select d.id
+        from outbox.deliveries d
+        where d.endpoint_id = r.id
+          and d.status = 'pending'
+          and d.next_attempt_at <= now()
+        order by d.next_attempt_at
+        limit %(limit)s
+        for update of d skip locked
+    ) taken
     limit %(limit)s
-    for update of d skip locked
 )
 update outbox.deliveries d
 set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
@@ -85,13 +109,19 @@ where d.id = r.id
 
 -- name: deliveries_next_due
 -- Seconds until the earliest pending delivery of an enabled endpoint comes due (negative when
--- one is due now), for the idle relay's sleep; NULL when nothing is pending.
-select extract(epoch from d.next_attempt_at - now())::float8
-from outbox.deliveries d
-where d.status = 'pending'
-  and exists (select 1 from outbox.endpoints ep where ep.id = d.endpoint_id and ep.enabled)
-order by d.next_attempt_at
-limit 1;
+-- one is due now), for the idle relay's sleep; NULL when nothing is pending. One probe of
+-- deliveries_pending_idx per enabled endpoint: a disabled endpoint's backlog is not read.
+select extract(epoch from min(soonest.at) - now())::float8
+from outbox.endpoints ep
+cross join lateral (
+    select d.next_attempt_at as at
+    from outbox.deliveries d
+    where d.endpoint_id = ep.id
+      and d.status = 'pending'
+    order by d.next_attempt_at
+    limit 1
+) soonest
+where ep.enabled;
 
 -- name: endpoints_disable_gone
 -- A 410 Gone answer means the receiver is gone for good (Standard Webhooks): stop sending.
@@ -127,5 +157,5 @@ where c.oid = 'outbox.deliveries'::regclass;
 -- Every attempt leaves dead row versions and index entries behind (the claim and the outcome
 -- are both updates). Autovacuum looks at a table once per autovacuum_naptime (a minute by
 -- default), while a busy relay makes thousands per second; claims then walk ever more dead
--- entries of the due index. Pages already all-visible are skipped, so a frequent run is cheap.
+-- entries at the head of each endpoint's range of the pending index. Pages already all-visible are skipped, so a frequent run is cheap.
 vacuum (skip_locked) outbox.deliveries;

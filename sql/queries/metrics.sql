@@ -1,5 +1,5 @@
 -- Read at every /metrics scrape and /healthz probe. Both must stay cheap on a large outbox: the
--- backlog walks only the partial due index (pending rows), never delivered or failed history.
+-- backlog walks only the partial pending index (pending rows), never delivered or failed history.
 
 -- name: backlog_measure
 -- Deliveries waiting (pending), those due now for enabled endpoints (what a relay could claim this

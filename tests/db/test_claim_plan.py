@@ -1,4 +1,5 @@
-"""The relay's claim query keeps using the due index when a million deliveries are pending."""
+"""The relay's claim query: it keeps using the pending index when a million deliveries are
+pending, and never reads the deliveries of endpoints it is not claiming for."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def test_claim_uses_the_due_index_over_a_million_pending(conn: psycopg.Connection[Any]) -> None:
+def test_claim_uses_the_pending_index_over_a_million_pending(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "insert into outbox.endpoints (id, url, event_types) values "
         "('ep_on', 'http://127.0.0.1:9/on', '{*}'), ('ep_off', 'http://127.0.0.1:9/off', '{*}')"
@@ -56,6 +57,65 @@ def test_claim_uses_the_due_index_over_a_million_pending(conn: psycopg.Connectio
     on_deliveries = [s for s in scans if s[1] == "deliveries"]
     assert on_deliveries, scans
     assert all(kind != "Seq Scan" for kind, _, _ in on_deliveries), scans
-    assert any(index == "deliveries_due_idx" for _, _, index in on_deliveries), scans
+    assert any(index == "deliveries_pending_idx" for _, _, index in on_deliveries), scans
+    searched = {index for _, _, index in on_deliveries} - {None, "deliveries_pkey"}
+    assert searched == {"deliveries_pending_idx"}, scans
     # The LIMIT sits inside the materialized CTE, under the row locks: only LIMIT rows are locked.
     assert any(n["Node Type"] == "LockRows" for n in nodes), scans
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows the searching scans of outbox.deliveries in an EXPLAIN ANALYZE plan returned, over
+    all loops, with those their filters removed (not the update's lookups of claimed ids)."""
+    read = 0
+    for n in _plan_nodes(node):
+        searching = n.get("Index Name") != "deliveries_pkey"
+        if n.get("Relation Name") == "deliveries" and "Scan" in n["Node Type"] and searching:
+            loops = n.get("Actual Loops", 1)
+            read += (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * loops
+    return read
+
+
+def test_claim_never_reads_deliveries_of_disabled_or_skipped_endpoints(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """Due deliveries of a disabled endpoint and of one at the relay's cap, older than any other,
+    sit where a claim in due order across endpoints would start; the claim must not wade
+    through them to reach the healthy endpoint's."""
+    conn.execute(
+        "insert into outbox.endpoints (id, url, event_types) values "
+        "('ep_off', 'http://127.0.0.1:9/off', '{*}'),"
+        " ('ep_busy', 'http://127.0.0.1:9/busy', '{*}'),"
+        " ('ep_ok', 'http://127.0.0.1:9/ok', '{*}')"
+    )
+    conn.execute("update outbox.endpoints set enabled = false where id = 'ep_off'")
+    conn.execute(
+        """
+        insert into outbox.deliveries (event_id, endpoint_id, next_attempt_at)
+        select 'evt_' || g,
+               case when g <= 10000 then 'ep_off' when g <= 20000 then 'ep_busy' else 'ep_ok' end,
+               now() - interval '1 hour' + g * interval '1 millisecond'
+        from generate_series(1, 20100) g
+        """
+    )
+    conn.execute(
+        "insert into outbox.events (id, type, data)"
+        " select 'evt_' || g, 'deal.created', '{}' from generate_series(1, 20100) g"
+    )
+    conn.execute("analyze outbox.deliveries")
+    params = {"limit": 50, "lease": 45.0, "busy": ["ep_busy"]}
+    claim = queries("deliveries")["deliveries_claim"]
+
+    with conn.transaction(force_rollback=True):
+        row = conn.execute("explain (analyze, format json) " + claim, params).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    # The claim's 50 and one probe per enabled endpoint not skipped; in due order across
+    # endpoints it read the 20,000 ahead of them too.
+    assert _rows_read(plan[0]["Plan"]) <= 60, json.dumps(plan)
+
+    with conn.transaction(force_rollback=True):
+        claimed = conn.execute(claim, params).fetchall()
+    assert [r[9] for r in claimed] == ["ep_ok"] * 50
+    # Oldest due first within the endpoint.
+    assert [r[4] for r in claimed] == [f"evt_{g}" for g in range(20001, 20051)]
