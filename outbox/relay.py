@@ -357,14 +357,15 @@ class Relay:
         """VACUUM outbox.deliveries every `vacuum_every` seconds while the relay drains a backlog.
 
         Each attempt leaves dead row versions and index entries, and every claim walks the dead
-        entries at the head of its endpoint's range of the pending index. Draining a backlog, a relay leaves hundreds of
-        thousands of them in the minute autovacuum takes to come round, and full claims walk
-        them all. Keeping pace with a trickle, it claims a few rows at a time, and there a VACUUM
-        costs more than it saves: the relay's CPU per delivery measured the same without it (10
-        minutes at 1,000 events/s), while each VACUUM reads every index of the table whole, so
-        takes longer as the table grows (40 ms at 10k rows, 330 ms at 600k), and the deliveries
-        that wait behind it set the tail latency. Draining: the latest claim came back full, or
-        short only for skipping endpoints at their cap (a trickle's claim comes back full too
+        entries at the head of each endpoint's range of the pending index that it visits.
+        Draining a backlog, a relay leaves hundreds of thousands of them in the minute
+        autovacuum takes to come round, and full claims walk them all. Keeping pace with a
+        trickle, it claims a few rows at a time, and there a VACUUM costs more than it saves: the
+        relay's CPU per delivery measured the same without it (10 minutes at 1,000 events/s),
+        while each VACUUM reads every index of the table whole, so takes longer as the table
+        grows (40 ms at 10k rows, 330 ms at 600k), and the deliveries that wait behind it set
+        the tail latency. Draining: the latest claim came back full, or short only for skipping
+        endpoints at their cap (a trickle's claim comes back full too
         after a stall, but the next one finds the relay caught up)."""
         every = self.options.vacuum_every
         allowed: bool | None = None

@@ -73,6 +73,7 @@ class Store:
             # requests to wait out `timeout` after even a sub-second restart.)
             reconnect_timeout=10.0,
         )
+        self._turn = ""  # the last endpoint the latest claim reached: the next starts after it
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=10.0)
@@ -81,12 +82,18 @@ class Store:
         await self.pool.close()
 
     async def claim(self, limit: int, lease: float, busy: Sequence[str] = ()) -> list[Claimed]:
+        """Claim up to `limit` due deliveries, endpoints taking turns from one claim to the next."""
+        params = {"limit": limit, "lease": lease, "busy": list(busy), "after": self._turn}
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                Q["deliveries_claim"], {"limit": limit, "lease": lease, "busy": list(busy)}
-            )
+            cur = await conn.execute(Q["deliveries_claim"], params)
             rows = await cur.fetchall()
-        return [Claimed(*row) for row in rows]
+        claimed = [Claimed(*row) for row in rows]
+        if claimed:
+            # The next claim starts after the last endpoint this one reached, in the same
+            # wrapped id order the claim walked them in.
+            after = self._turn
+            self._turn = max((c.endpoint_id for c in claimed), key=lambda ep: (ep <= after, ep))
+        return claimed
 
     async def complete(self, results: Sequence[Result]) -> None:
         outcomes = _outcomes_json(results)

@@ -6,8 +6,8 @@
 -- take 34 ms instead of 0.3 ms, and a receiver that never answers, at its cap while its own
 -- deliveries kept coming due, made each claim slower than the last for every other endpoint.
 --
--- Keyed by endpoint first, the index lets a claim ask each enabled endpoint it is not skipping for
--- its own oldest due deliveries, so deliveries it skips are never read. Same size as the index it
+-- Keyed by endpoint first, the index lets a claim ask the enabled endpoints it is not skipping,
+-- in turn, for their own oldest due deliveries, so deliveries it skips are never read. Same size as the index it
 -- replaces (one entry per pending delivery, delivered and failed ones leave it); a write still
 -- adds one entry.
 create index deliveries_pending_idx on outbox.deliveries (endpoint_id, next_attempt_at)

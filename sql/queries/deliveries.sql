@@ -3,15 +3,16 @@
 -- delivery's own next_attempt_at pushed %(lease)s seconds ahead: a relay that dies leaves the row
 -- to come due again by itself, and the value it set doubles as the token its completion must match.
 --
--- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `ready`
--- asks each enabled endpoint this relay is not skipping (%(busy)s: those at its per-endpoint
--- cap) for its oldest due time, one index probe each; `due` then takes the endpoints with the
--- oldest due work first, each one's deliveries in due order, until %(limit)s are locked. The
--- LIMIT stops the nested loop as soon as it has enough, so only the rows claimed are read and
--- locked, and the deliveries of disabled or skipped endpoints are never read at all. SKIP
--- LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
--- MATERIALIZED CTEs are fences: the planner cannot flatten them into a join that locks
--- whatever rows it happens to visit.
+-- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): the
+-- enabled endpoints this relay is not skipping (%(busy)s: those at its per-endpoint cap) are
+-- taken in id order starting after %(after)s, the last endpoint the relay's previous claim
+-- reached, so endpoints with work take turns; each gives its oldest due deliveries until
+-- %(limit)s are locked. The LIMIT stops the nested loop as soon as it has enough, so only the
+-- rows claimed are read and locked (with the dead entries at the head of each endpoint's range
+-- that it visits), and the deliveries of disabled or skipped endpoints are never read at all.
+-- SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
+-- MATERIALIZED CTE is a fence: the planner cannot flatten it into a join that locks whatever
+-- rows it happens to visit.
 --
 -- The claim commits without waiting for its WAL to reach disk (synchronous_commit off for this
 -- statement's transaction only): a claim lost in a server crash only makes its deliveries due
@@ -20,28 +21,19 @@
 with async_commit as materialized (
     select set_config('synchronous_commit', 'off', true)
 ),
-ready as materialized (
-    select ep.id, oldest.at
-    from outbox.endpoints ep
-    cross join lateral (
-        select d.next_attempt_at as at
-        from outbox.deliveries d
-        where d.endpoint_id = ep.id
-          and d.status = 'pending'
-          and d.next_attempt_at <= now()
-        order by d.next_attempt_at
-        limit 1
-    ) oldest
-    where ep.enabled
-      and ep.id <> all (%(busy)s::text[])
-),
 due as materialized (
     select taken.id
-    from (select id, at from ready order by at) r
+    from (
+        select ep.id
+        from outbox.endpoints ep
+        where ep.enabled
+          and ep.id <> all (%(busy)s::text[])
+        order by ep.id <= %(after)s::text, ep.id
+    ) turn
     cross join lateral (
         select d.id
         from outbox.deliveries d
-        where d.endpoint_id = r.id
+        where d.endpoint_id = turn.id
           and d.status = 'pending'
           and d.next_attempt_at <= now()
         order by d.next_attempt_at
@@ -49,16 +41,36 @@ due as materialized (
         for update of d skip locked
     ) taken
     limit %(limit)s
+),
+-- Every step below is an index lookup by key, whatever the statistics say: the relay plans
+-- this statement once per connection, often while the tables are still empty, and a join
+-- planned then (UPDATE ... FROM due, events, endpoints) read the whole of outbox.deliveries or
+-- outbox.events by hash on every later claim. The ids go in as an array (looked up in the
+-- primary key), the event and endpoint as lateral lookups of one row each (LIMIT 1 keeps the
+-- planner from flattening them back into joins).
+claimed as (
+    update outbox.deliveries d
+    set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
+    from async_commit
+    where d.id = any (array(select id from due))
+    returning d.id, d.attempts, d.ladder_start, d.next_attempt_at, d.event_id, d.endpoint_id
 )
-update outbox.deliveries d
-set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
-from due, async_commit, outbox.events e, outbox.endpoints ep
-where d.id = due.id
-  and e.id = d.event_id
-  and ep.id = d.endpoint_id
-returning d.id, d.attempts, d.ladder_start, d.next_attempt_at,
-          e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
-          ep.id, ep.url, ep.secret;
+select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
+       e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
+       ep.id, ep.url, ep.secret
+from claimed c
+cross join lateral (
+    select e.id, e.type, e.created_at, e.data, e.previous_attributes
+    from outbox.events e
+    where e.id = c.event_id
+    limit 1
+) e
+cross join lateral (
+    select ep.id, ep.url, ep.secret
+    from outbox.endpoints ep
+    where ep.id = c.endpoint_id
+    limit 1
+) ep;
 
 -- name: deliveries_complete
 -- Record a batch of attempt outcomes: the delivery's summary columns and one outbox.attempts row

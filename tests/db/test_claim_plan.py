@@ -47,7 +47,7 @@ def test_claim_uses_the_pending_index_over_a_million_pending(conn: psycopg.Conne
     with conn.transaction():
         row = conn.execute(
             "explain (format json) " + claim,
-            {"limit": 100, "lease": 45.0, "busy": []},
+            {"limit": 100, "lease": 45.0, "busy": [], "after": ""},
         ).fetchone()
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
@@ -66,11 +66,14 @@ def test_claim_uses_the_pending_index_over_a_million_pending(conn: psycopg.Conne
 
 def _rows_read(node: dict[str, Any]) -> int:
     """Rows the searching scans of outbox.deliveries in an EXPLAIN ANALYZE plan returned, over
-    all loops, with those their filters removed (not the update's lookups of claimed ids)."""
+    all loops, with those their filters removed: every scan but the lookups of claimed ids in
+    the primary key."""
     read = 0
     for n in _plan_nodes(node):
-        searching = n.get("Index Name") != "deliveries_pkey"
-        if n.get("Relation Name") == "deliveries" and "Scan" in n["Node Type"] and searching:
+        kind, index = n["Node Type"], n.get("Index Name")
+        on_deliveries = n.get("Relation Name") == "deliveries" and kind != "Bitmap Heap Scan"
+        bitmap = kind == "Bitmap Index Scan" and str(index).startswith("deliveries_")
+        if (on_deliveries or bitmap) and "Scan" in kind and index != "deliveries_pkey":
             loops = n.get("Actual Loops", 1)
             read += (n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)) * loops
     return read
@@ -103,7 +106,7 @@ def test_claim_never_reads_deliveries_of_disabled_or_skipped_endpoints(
         " select 'evt_' || g, 'deal.created', '{}' from generate_series(1, 20100) g"
     )
     conn.execute("analyze outbox.deliveries")
-    params = {"limit": 50, "lease": 45.0, "busy": ["ep_busy"]}
+    params = {"limit": 50, "lease": 45.0, "busy": ["ep_busy"], "after": ""}
     claim = queries("deliveries")["deliveries_claim"]
 
     with conn.transaction(force_rollback=True):
@@ -119,3 +122,39 @@ def test_claim_never_reads_deliveries_of_disabled_or_skipped_endpoints(
     assert [r[9] for r in claimed] == ["ep_ok"] * 50
     # Oldest due first within the endpoint.
     assert [r[4] for r in claimed] == [f"evt_{g}" for g in range(20001, 20051)]
+
+
+def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A relay prepares its claim once per connection, often before anything was written, and
+    may keep that generic plan: it must not read whole tables once they hold rows."""
+    claim = queries("deliveries")["deliveries_claim"]
+    for n, name in enumerate(("limit", "lease", "busy", "after"), start=1):
+        claim = claim.replace(f"%({name})s", f"${n}")
+    conn.execute("set plan_cache_mode = force_generic_plan")
+    conn.execute(f"prepare claim (integer, float8, text[], text) as {claim}")
+    conn.execute(
+        "insert into outbox.endpoints (id, url, event_types)"
+        " values ('ep_1', 'http://127.0.0.1:9/', '{*}')"
+    )
+    with conn.transaction(force_rollback=True):
+        conn.execute("execute claim (64, 45, '{}', '')")  # planned now, on empty tables
+    conn.execute(
+        "select outbox.emit('deal.created', jsonb_build_object('n', g))"
+        " from generate_series(1, 2000) g"
+    )
+
+    with conn.transaction(force_rollback=True):
+        row = conn.execute(
+            "explain (analyze, format json) execute claim (64, 45, '{}', '')"
+        ).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    scans = [
+        (n["Node Type"], n.get("Relation Name"), n.get("Actual Rows"), n.get("Actual Loops"))
+        for n in _plan_nodes(plan[0]["Plan"])
+        if "Scan" in n["Node Type"]
+    ]
+    assert not [s for s in scans if s[0] == "Seq Scan" and s[1] in ("deliveries", "events")], scans
+    assert _rows_read(plan[0]["Plan"]) <= 64, scans

@@ -97,7 +97,31 @@ def test_the_claim_alone_commits_without_waiting_for_the_wal_flush(conn: Conn) -
     claim = queries("deliveries")["deliveries_claim"]
     assert conn.execute("show synchronous_commit").fetchone() == ("on",)
     with conn.transaction():
-        claimed = conn.execute(claim, {"limit": 10, "lease": 30.0, "busy": []}).fetchall()
+        claimed = conn.execute(
+            claim, {"limit": 10, "lease": 30.0, "busy": [], "after": ""}
+        ).fetchall()
         assert len(claimed) == 1
         assert conn.execute("show synchronous_commit").fetchone() == ("off",)
     assert conn.execute("show synchronous_commit").fetchone() == ("on",)
+
+
+async def test_endpoints_with_due_work_take_turns_from_one_claim_to_the_next(
+    conn: Conn, db_url: str
+) -> None:
+    """Three endpoints with ten due deliveries each (every event fans out to all three): claims
+    of ten go to each endpoint in turn and then wrap, oldest due first within each."""
+    for name in ("a", "b", "c"):
+        add_endpoint(conn, f"http://127.0.0.1:9/{name}")
+    events = [emit_one(conn) for _ in range(10)]
+    order = [r[0] for r in conn.execute("select id from outbox.endpoints order by id").fetchall()]
+    store = Store(db_url)
+    await store.open()
+    try:
+        claims = [await store.claim(5, 30.0) for _ in range(6)]
+    finally:
+        await store.close()
+
+    assert [{c.endpoint_id for c in claim} for claim in claims] == [{ep} for ep in order * 2]
+    for first, second in zip(claims[:3], claims[3:], strict=True):
+        assert {c.event_id for c in first} == set(events[:5])
+        assert {c.event_id for c in second} == set(events[5:])
