@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outbox import render
+from outbox.commands import counting_up_to
 from outbox.commands.endpoints import TYPES_HELP, check_types, parse_types
 from outbox.config import Settings
 from outbox.db import admin, connect
@@ -44,16 +45,6 @@ def parse_delivery_id(text: str) -> int:
     return value
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 0 < value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_LIMIT}")
-    return value
-
-
 def register(sub: Any) -> None:
     _register_deliveries(sub)
     _register_redeliver(sub)
@@ -77,7 +68,11 @@ def _register_deliveries(sub: Any) -> None:
         "--event-type", metavar="T", help="only this event type (deal.* and * work too)"
     )
     listing.add_argument(
-        "--limit", type=_limit, default=50, metavar="N", help="at most N rows (default 50)"
+        "--limit",
+        type=counting_up_to(MAX_LIMIT),
+        default=50,
+        metavar="N",
+        help="at most N rows (default 50)",
     )
     listing.add_argument("--json", action="store_true", help="print one JSON document")
     show = actions.add_parser(

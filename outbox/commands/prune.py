@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from outbox import render
+from outbox.commands import counting_up_to
 from outbox.config import Settings
 from outbox.db import admin, connect, retention
 from outbox.errors import ConfigError
@@ -37,16 +38,6 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _batch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 0 < value <= MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_BATCH}")
-    return value
-
-
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "prune",
@@ -65,7 +56,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--batch",
-        type=_batch,
+        type=counting_up_to(MAX_BATCH),
         default=1000,
         metavar="N",
         help=f"events per transaction (default 1000, at most {MAX_BATCH:,})",
