@@ -365,8 +365,8 @@ class Relay:
         while each VACUUM reads every index of the table whole, so takes longer as the table
         grows (40 ms at 10k rows, 330 ms at 600k), and the deliveries that wait behind it set
         the tail latency. Draining: the latest claim came back full, or short only for skipping
-        endpoints at their cap (a trickle's claim comes back full too
-        after a stall, but the next one finds the relay caught up)."""
+        endpoints at their cap (a trickle's claim comes back full too after a stall, but the next
+        one finds the relay caught up)."""
         every = self.options.vacuum_every
         allowed: bool | None = None
         while every > 0:

@@ -101,10 +101,18 @@ def orphans(conn: Conn) -> int:
     )
 
 
-def in_transaction(conn: Conn, work: Callable[[Conn], object]) -> None:
-    """Run `work` in a transaction left open on `conn` (not autocommit)."""
-    work(conn)
-    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+def prune_beside(
+    operator: Conn, work: Callable[[Conn], object], watcher: Conn, db_url: str
+) -> tuple[bool, retention.Pruned]:
+    """Run `work` in a transaction left open on `operator`, start a prune, commit `work` once
+    the prune waits on a lock (or has finished without waiting), and let the prune finish.
+    Returns whether it waited, and what it removed."""
+    work(operator)
+    assert operator.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    pruning = Pruning(db_url)
+    blocked = pruning.start_and_wait_until_blocked(watcher)
+    operator.commit()
+    return blocked, pruning.finish()
 
 
 def test_a_prune_meeting_an_uncommitted_replay_leaves_no_delivery_without_its_event(
@@ -129,11 +137,7 @@ def test_a_prune_meeting_an_uncommitted_replay_leaves_no_delivery_without_its_ev
             },
         )
 
-    in_transaction(operator, replay)
-    pruning = Pruning(db_url)
-    blocked = pruning.start_and_wait_until_blocked(conn)
-    operator.commit()
-    pruned = pruning.finish()
+    blocked, pruned = prune_beside(operator, replay, conn, db_url)
 
     assert blocked, "the prune did not wait for the replay holding the event"
     assert (pruned.events, pruned.deliveries) == (1, 1)
@@ -153,16 +157,10 @@ def test_a_prune_meeting_an_uncommitted_redelivery_keeps_the_event_and_its_deliv
     )
     delivery_id = one(conn, "select id from outbox.deliveries where event_id = %s", [event_id])
 
-    in_transaction(
-        operator,
-        lambda c: c.execute(
-            queries("admin")["deliveries_requeue"], {"delivery_ids": [delivery_id]}
-        ),
-    )
-    pruning = Pruning(db_url)
-    blocked = pruning.start_and_wait_until_blocked(conn)
-    operator.commit()
-    pruned = pruning.finish()
+    def redeliver(c: Conn) -> None:
+        c.execute(queries("admin")["deliveries_requeue"], {"delivery_ids": [delivery_id]})
+
+    blocked, pruned = prune_beside(operator, redeliver, conn, db_url)
 
     assert blocked, "the prune did not wait for the redelivery holding the delivery"
     assert (pruned.events, pruned.deliveries, pruned.kept) == (0, 0, 1)
