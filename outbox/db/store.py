@@ -109,10 +109,10 @@ class Store:
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
         if claimed:
-            # The next claim starts after the last endpoint this one reached, in the same
-            # wrapped id order the claim walked them in.
+            # The next claim starts after the last endpoint this one reached, in the order the
+            # claim walked them: down from below `after`, then down from the top to it.
             after = self._turn
-            self._turn = max((c.endpoint_id for c in claimed), key=lambda ep: (ep <= after, ep))
+            self._turn = min((c.endpoint_id for c in claimed), key=lambda ep: (ep < after, ep))
         return claimed
 
     async def complete(self, results: Sequence[Result]) -> None:

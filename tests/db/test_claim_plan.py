@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 
 from outbox.sqlfiles import queries
 
@@ -124,11 +125,13 @@ def test_claim_never_reads_deliveries_of_disabled_or_skipped_endpoints(
     assert [r[4] for r in claimed] == [f"evt_{g}" for g in range(20001, 20051)]
 
 
+@pytest.mark.parametrize("idle", [0, 120], ids=["few-endpoints", "many-endpoints"])
 def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
-    conn: psycopg.Connection[Any],
+    conn: psycopg.Connection[Any], idle: int
 ) -> None:
-    """A relay prepares its claim once per connection, often before anything was written, and
-    may keep that generic plan: it must not read whole tables once they hold rows."""
+    """The relay prepares its claim once per connection, often before anything was written, and
+    keeps that generic plan: it must not read whole tables once they hold rows, whether it asks
+    each endpoint or (past a hundred) walks the pending index for those with work."""
     claim = queries("deliveries")["deliveries_claim"]
     for n, name in enumerate(("limit", "lease", "busy", "after"), start=1):
         claim = claim.replace(f"%({name})s", f"${n}")
@@ -137,6 +140,11 @@ def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
     conn.execute(
         "insert into outbox.endpoints (id, url, event_types)"
         " values ('ep_1', 'http://127.0.0.1:9/', '{*}')"
+    )
+    conn.execute(
+        "insert into outbox.endpoints (url, event_types)"
+        " select 'http://127.0.0.1:9/idle', '{post.failed}' from generate_series(1, %s) g",
+        [idle],
     )
     with conn.transaction(force_rollback=True):
         conn.execute("execute claim (64, 45, '{}', '')")  # planned now, on empty tables
@@ -157,4 +165,67 @@ def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
         if "Scan" in n["Node Type"]
     ]
     assert not [s for s in scans if s[0] == "Seq Scan" and s[1] in ("deliveries", "events")], scans
-    assert _rows_read(plan[0]["Plan"]) <= 64, scans
+    # The 64 claimed and the walk's one step to the endpoint that has them.
+    assert _rows_read(plan[0]["Plan"]) <= 64 + 1, scans
+
+
+def _deliveries_probes(node: dict[str, Any]) -> int:
+    """How many times the plan's scans of outbox.deliveries were started, over all loops."""
+    return sum(
+        n.get("Actual Loops", 1)
+        for n in _plan_nodes(node)
+        if n.get("Relation Name") == "deliveries" and "Scan" in n["Node Type"]
+    )
+
+
+def test_endpoints_with_nothing_pending_cost_the_claim_and_the_idle_probe_nothing(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A thousand enabled endpoints, two with pending deliveries (one due, one waiting out a
+    retry): the claim and the idle relay's next-due probe visit those two, not all thousand."""
+    conn.execute(
+        "insert into outbox.endpoints (id, url, event_types)"
+        " select 'ep_' || lpad(g::text, 4, '0'), 'http://127.0.0.1:9/', '{*}'"
+        " from generate_series(1, 1000) g"
+    )
+    conn.execute(
+        """
+        insert into outbox.deliveries (event_id, endpoint_id, next_attempt_at)
+        select 'evt_' || g,
+               case when g <= 50 then 'ep_0500' else 'ep_0900' end,
+               case when g <= 50 then now() - interval '1 minute' else now() + interval '1 hour' end
+        from generate_series(1, 55) g
+        """
+    )
+    conn.execute(
+        "insert into outbox.events (id, type, data)"
+        " select 'evt_' || g, 'deal.created', '{}' from generate_series(1, 55) g"
+    )
+    conn.execute("analyze outbox.deliveries")
+    conn.execute("analyze outbox.endpoints")
+    deliveries = queries("deliveries")
+
+    for after in ("", "ep_0700", "ep_0200"):
+        params = {"limit": 64, "lease": 45.0, "busy": [], "after": after}
+        with conn.transaction(force_rollback=True):
+            row = conn.execute(
+                "explain (analyze, format json) " + deliveries["deliveries_claim"], params
+            ).fetchone()
+        assert row is not None
+        plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+        # A step of the walk for each of the two and one past them each way, a probe of each
+        # for due deliveries, the lookup of the claimed ids: a probe per endpoint made 1,000.
+        assert _deliveries_probes(plan[0]["Plan"]) <= 10, (after, json.dumps(plan))
+        with conn.transaction(force_rollback=True):
+            claimed = conn.execute(deliveries["deliveries_claim"], params).fetchall()
+        assert [r[9] for r in claimed] == ["ep_0500"] * 50, after
+
+    row = conn.execute(
+        "explain (analyze, format json) " + deliveries["deliveries_next_due"]
+    ).fetchone()
+    assert row is not None
+    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+    assert _deliveries_probes(plan[0]["Plan"]) <= 6, json.dumps(plan)
+    due = conn.execute(deliveries["deliveries_next_due"]).fetchone()
+    assert due is not None
+    assert -70 < due[0] < -50

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
 
 from outbox.db.store import Result, Store
 from outbox.sqlfiles import queries
@@ -105,15 +106,29 @@ def test_the_claim_alone_commits_without_waiting_for_the_wal_flush(conn: Conn) -
     assert conn.execute("show synchronous_commit").fetchone() == ("on",)
 
 
+@pytest.mark.parametrize("idle", [0, 120], ids=["few-endpoints", "many-endpoints"])
 async def test_endpoints_with_due_work_take_turns_from_one_claim_to_the_next(
-    conn: Conn, db_url: str
+    conn: Conn, db_url: str, idle: int
 ) -> None:
     """Three endpoints with ten due deliveries each (every event fans out to all three): claims
-    of ten go to each endpoint in turn and then wrap, oldest due first within each."""
+    of ten go to each endpoint in turn and then wrap, oldest due first within each. With over a
+    hundred enabled endpoints the claim finds those with work by walking the pending index
+    instead of asking each: the same turns."""
+    conn.execute(
+        "insert into outbox.endpoints (url, event_types)"
+        " select 'http://127.0.0.1:9/idle', '{post.failed}' from generate_series(1, %s) g",
+        [idle],
+    )
     for name in ("a", "b", "c"):
         add_endpoint(conn, f"http://127.0.0.1:9/{name}")
     events = [emit_one(conn) for _ in range(10)]
-    order = [r[0] for r in conn.execute("select id from outbox.endpoints order by id").fetchall()]
+    order = [
+        r[0]
+        for r in conn.execute(
+            "select id from outbox.endpoints where url <> 'http://127.0.0.1:9/idle'"
+            " order by id desc"
+        ).fetchall()
+    ]
     store = Store(db_url)
     await store.open()
     try:
