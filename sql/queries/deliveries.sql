@@ -3,17 +3,19 @@
 -- delivery's own next_attempt_at pushed %(lease)s seconds ahead: a relay that dies leaves the row
 -- to come due again by itself, and the value it set doubles as the token its completion must match.
 --
--- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): the
--- endpoints with pending deliveries are walked in descending id order starting below %(after)s,
--- the last endpoint the relay's previous claim reached, and wrapping round, so endpoints with
--- work take turns; each that is enabled and not skipped by this relay (%(busy)s: those at its
--- per-endpoint cap) gives its oldest due deliveries until %(limit)s are locked. The LIMIT stops
--- the walk as soon as it has enough, so only the rows claimed are read and locked (with the dead
--- entries at the head of each endpoint's range that it visits); the deliveries of disabled or
--- skipped endpoints are never read, and endpoints with nothing pending are never visited.
--- SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
+-- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `turn`
+-- lists the enabled endpoints this relay is not skipping (%(busy)s: those at its per-endpoint
+-- cap) in descending id order starting below %(after)s, the last endpoint the relay's previous
+-- claim reached, and wrapping round, so endpoints with work take turns; each gives its oldest
+-- due deliveries until %(limit)s are locked. The LIMIT stops the walk as soon as it has enough,
+-- so only the rows claimed are read and locked (with the dead entries at the head of each
+-- endpoint's range that it visits), and the deliveries of disabled or skipped endpoints are never
+-- read. SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
 -- MATERIALIZED CTE is a fence: the planner cannot flatten it into a join that locks whatever
 -- rows it happens to visit.
+--
+-- This is a template: the line `-- turn` is replaced by one of the two definitions of `turn` that
+-- follow this statement (outbox.db.store.claim_statement).
 --
 -- The claim commits without waiting for its WAL to reach disk (synchronous_commit off for this
 -- statement's transaction only): a claim lost in a server crash only makes its deliveries due
@@ -22,19 +24,72 @@
 with recursive async_commit as materialized (
     select set_config('synchronous_commit', 'off', true)
 ),
--- Which endpoints to ask, in the order the claim asks them: descending id starting below
--- %(after)s, then from the top down to it. With up to 100 enabled endpoints, each enabled one
--- this relay is not skipping, by a probe of deliveries_pending_idx each. With more, the probes
--- of endpoints with nothing pending would be most of the claim (+0.6 ms at 1,000, +8 ms at
--- 10,000), so the endpoints with pending deliveries are found instead by skipping from one to
--- the next through the index, one descent each for the greatest endpoint_id below the last.
--- (Those descents cross the dead entries that completed deliveries leave at the tail of an
--- endpoint's range until VACUUM, which the per-endpoint probes do not: with few endpoints the
--- walk measured slower.)
-many (endpoints) as materialized (
-    select count(*) > 100
-    from (select from outbox.endpoints ep where ep.enabled limit 101) enabled
+-- turn
+due as materialized (
+    select taken.id
+    from turn
+    cross join lateral (
+        select d.id
+        from outbox.deliveries d
+        where d.endpoint_id = turn.id
+          and d.status = 'pending'
+          and d.next_attempt_at <= now()
+        order by d.next_attempt_at
+        limit %(limit)s
+        for update of d skip locked
+    ) taken
+    limit %(limit)s
 ),
+-- PostgreSQL may run a prepared statement with a generic plan, and one made while the tables
+-- were still empty is kept until they are next analyzed: a join planned then (UPDATE ... FROM
+-- due, events, endpoints) read the whole of outbox.events by hash on every claim. The event and
+-- endpoint are therefore lateral lookups of one row each (LIMIT 1 keeps the planner from
+-- flattening them back into joins), and the ids go in as an array. (A generic plan made while
+-- outbox.deliveries held a few rows and had never been analyzed still finds those ids by a scan
+-- of it: see outbox.db.store for why the relay leaves the choice of plan to PostgreSQL.)
+claimed as (
+    update outbox.deliveries d
+    set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
+    from async_commit
+    where d.id = any (array(select id from due))
+    returning d.id, d.attempts, d.ladder_start, d.next_attempt_at, d.event_id, d.endpoint_id
+)
+select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
+       e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
+       ep.id, ep.url, ep.secret
+from claimed c
+cross join lateral (
+    select e.id, e.type, e.created_at, e.data, e.previous_attributes
+    from outbox.events e
+    where e.id = c.event_id
+    limit 1
+) e
+cross join lateral (
+    select ep.id, ep.url, ep.secret
+    from outbox.endpoints ep
+    where ep.id = c.endpoint_id
+    limit 1
+) ep;
+
+-- name: deliveries_claim_turn_each
+-- The claim's `turn` with up to 100 enabled endpoints: each enabled endpoint not skipped, each to
+-- be probed in deliveries_pending_idx whether it has anything due.
+turn (id) as (
+    select ep.id
+    from outbox.endpoints ep
+    where ep.enabled
+      and ep.id <> all (%(busy)s::text[])
+    order by ep.id >= %(after)s::text, ep.id desc
+),
+
+-- name: deliveries_claim_turn_walk
+-- The claim's `turn` past 100 enabled endpoints, where probing each one would be most of the
+-- claim (+0.6 ms at 1,000, +8 ms at 10,000 when few have work): the endpoints with pending
+-- deliveries are found by skipping from one to the next through deliveries_pending_idx, one
+-- descent each for the greatest endpoint_id below the last, so endpoints with nothing pending
+-- cost nothing. (Those descents cross the dead entries that completed deliveries leave at the
+-- tail of an endpoint's range until VACUUM, and the walk is a larger statement to plan, which
+-- the probes of a few endpoints are not: with one endpoint the walk measured slower.)
 below (id) as (
     select max(d.endpoint_id)
     from outbox.deliveries d
@@ -60,73 +115,25 @@ from_top (id) as (
     from from_top
     where from_top.id >= %(after)s::text
 ),
-due as materialized (
-    select taken.id
-    from (
-        (select ep.id
-         from outbox.endpoints ep
-         where not (select many.endpoints from many)
-           and ep.enabled
-           and ep.id <> all (%(busy)s::text[])
-         order by ep.id >= %(after)s::text, ep.id desc)
-        union all
-        (select walked.id
-         from (select below.id from below where below.id is not null
-               union all
-               select from_top.id from from_top where from_top.id >= %(after)s::text) walked
-         cross join lateral (
-             select 1
-             from outbox.endpoints ep
-             where ep.id = walked.id
-               and ep.enabled
-               and ep.id <> all (%(busy)s::text[])
-             limit 1
-         ) usable
-         where (select many.endpoints from many))
-    ) turn
+turn (id) as (
+    select walked.id
+    from (select below.id from below where below.id is not null
+          union all
+          select from_top.id from from_top where from_top.id >= %(after)s::text) walked
     cross join lateral (
-        select d.id
-        from outbox.deliveries d
-        where d.endpoint_id = turn.id
-          and d.status = 'pending'
-          and d.next_attempt_at <= now()
-        order by d.next_attempt_at
-        limit %(limit)s
-        for update of d skip locked
-    ) taken
-    limit %(limit)s
+        select 1
+        from outbox.endpoints ep
+        where ep.id = walked.id
+          and ep.enabled
+          and ep.id <> all (%(busy)s::text[])
+        limit 1
+    ) usable
 ),
--- The relay plans this statement once per connection (a generic plan: see Store), often while
--- the tables are still empty, and a join planned then (UPDATE ... FROM due, events, endpoints)
--- read the whole of outbox.events by hash on every later claim. The event and endpoint are
--- therefore lateral lookups of one row each (LIMIT 1 keeps the planner from flattening them back
--- into joins), and the ids go in as an array. A plan made while outbox.deliveries held a few
--- hundred rows and had never been analyzed still finds those ids by a scan of it (2.5 ms a claim
--- at 10k rows) until the next VACUUM or ANALYZE of the table makes the relay plan again: the
--- relay's own VACUUM while it drains, or autovacuum's first ANALYZE after the first writes.
-claimed as (
-    update outbox.deliveries d
-    set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
-    from async_commit
-    where d.id = any (array(select id from due))
-    returning d.id, d.attempts, d.ladder_start, d.next_attempt_at, d.event_id, d.endpoint_id
-)
-select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
-       e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
-       ep.id, ep.url, ep.secret
-from claimed c
-cross join lateral (
-    select e.id, e.type, e.created_at, e.data, e.previous_attributes
-    from outbox.events e
-    where e.id = c.event_id
-    limit 1
-) e
-cross join lateral (
-    select ep.id, ep.url, ep.secret
-    from outbox.endpoints ep
-    where ep.id = c.endpoint_id
-    limit 1
-) ep;
+
+-- name: endpoints_many
+-- Whether more than 100 endpoints are enabled: the claim then walks (deliveries_claim_turn_walk).
+select count(*) > 100
+from (select from outbox.endpoints ep where ep.enabled limit 101) enabled;
 
 -- name: deliveries_complete
 -- Record a batch of attempt outcomes: the delivery's summary columns and one outbox.attempts row
