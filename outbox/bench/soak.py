@@ -26,6 +26,10 @@ RATE, QUICK_RATE = 1_000.0, 200.0
 MINUTES = 10.0
 QUICK_SECONDS = 3.0
 WARMUP = 2.0  # seconds of writes left out of the first window
+# Dead tuples in outbox.deliveries climb between autovacuum's visits and drop at each one, so a
+# run shows whether they stay bounded only once it spans several visits: a shorter run compares a
+# climb with a later stretch of the same climb.
+NAPTIMES_TO_JUDGE = 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ def _p99_by_window(
     return [writer.percentile(b, 0.99) for b in buckets if b]
 
 
+def dead_tuples_judged(seconds: float, naptime: float) -> bool:
+    """Whether a soak of `seconds` spans enough of autovacuum's visits (every `naptime` seconds)
+    for its dead-tuple growth to say anything."""
+    return seconds >= NAPTIMES_TO_JUDGE * naptime
+
+
 def _trend(p99s: Sequence[float]) -> float:
     """The median window p99 of the last third of the run over that of the first third: a tail
     that grows with time shows here, one window hit by a checkpoint or a neighbour does not."""
@@ -136,6 +146,8 @@ def run(bench: Bench) -> Report:
         dead_early = _peak(samples, writes.started, writes.finished - third)
         dead_late = _peak(samples, writes.finished - third, writes.finished)
         dead_growth = dead_late / max(dead_early, 1)
+        naptime = db.autovacuum_naptime()
+        judged = dead_tuples_judged(seconds, naptime)
         figures: dict[str, Figure] = {
             "seconds": round(seconds, 1),
             "events": expected,
@@ -156,6 +168,7 @@ def run(bench: Bench) -> Report:
             "dead_tuples_peak_early": dead_early,
             "dead_tuples_peak_late": dead_late,
             "dead_tuples_growth": dead_growth,
+            "autovacuum_naptime_s": naptime,
             "autovacuums": samples[-1].autovacuums if samples else 0,
             "max_pending": max((s.pending for s in samples), default=0),
             "relay_rss_mb_first": samples[0].relay_rss_mb if samples else float("nan"),
@@ -173,6 +186,12 @@ def run(bench: Bench) -> Report:
             "dead tuples: n_dead_tup of outbox.deliveries sampled every "
             f"{sampler.every:g} s; growth = peak in the last third / peak before it",
         ]
+        if not judged:
+            notes.append(
+                f"dead-tuple growth not judged: the run is shorter than {NAPTIMES_TO_JUDGE} of "
+                f"autovacuum's visits ({NAPTIMES_TO_JUDGE * naptime:g} s at autovacuum_naptime "
+                f"{naptime:g} s), so its peaks are points on one climb"
+            )
         notes += writer.shortfall(writes, rate)
         return bench.report(
             db,
@@ -182,7 +201,7 @@ def run(bench: Bench) -> Report:
             targets={
                 "throughput_decay": at_most(decay, 0.10),
                 "p99_trend": at_most(trend, 1.5),
-                "dead_tuples_growth": at_most(dead_growth, 1.5),
+                "dead_tuples_growth": at_most(dead_growth if judged else float("nan"), 1.5),
             },
             notes=notes,
         )

@@ -14,6 +14,8 @@ from outbox.bench.harness import Bench
 from outbox.config import Settings
 from outbox.db import connect
 
+ALL_SOAK_MINUTES = 3.0  # how long `soak` runs under `all`
+
 
 def _minutes(text: str) -> float:
     try:
@@ -46,7 +48,7 @@ def register(sub: Any) -> None:
         "--minutes",
         type=_minutes,
         default=None,
-        help="how long `soak` runs (default 10; 1 under `all`; seconds with --quick)",
+        help="how long `soak` runs (default 10; 3 under `all`; seconds with --quick)",
     )
     parser.add_argument(
         "--quick",
@@ -61,7 +63,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     names = list(bench.SCENARIOS) if args.scenario == "all" else [args.scenario]
     minutes = args.minutes
     if minutes is None and args.scenario == "all" and not args.quick:
-        minutes = 1.0
+        # Long enough for three of autovacuum's visits, the least over which the soak's
+        # dead-tuple growth means anything (outbox.bench.soak.NAPTIMES_TO_JUDGE).
+        minutes = ALL_SOAK_MINUTES
     # Children (the relay, the baseline client, the peer) run with the default settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as workdir:

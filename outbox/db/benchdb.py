@@ -161,6 +161,10 @@ class BenchDb:
         row = self.conn.execute(Q["bench_dead_tuples"]).fetchone()
         return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
+    def autovacuum_naptime(self) -> float:
+        """Seconds between autovacuum's visits to a database."""
+        return float(self._value("bench_autovacuum_naptime"))
+
     def vacuum_analyze(self) -> None:
         self.conn.execute(Q["bench_vacuum_analyze"])
 

@@ -86,6 +86,10 @@ select coalesce(n_dead_tup, 0), coalesce(n_live_tup, 0), coalesce(autovacuum_cou
 from pg_stat_user_tables
 where schemaname = 'outbox' and relname = 'deliveries';
 
+-- name: bench_autovacuum_naptime
+-- Seconds between autovacuum's visits to a database: the period of the dead-tuple sawtooth.
+select setting::float8 from pg_settings where name = 'autovacuum_naptime';
+
 -- name: bench_vacuum_analyze
 vacuum (analyze) outbox.deliveries, outbox.events;
 

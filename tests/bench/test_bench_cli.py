@@ -18,6 +18,7 @@ from support import env_without_outbox, outbox_cmd
 from outbox.bench import SCENARIOS, soak
 from outbox.bench.harness import Target, interleave, rotate
 from outbox.bench.writer import arrivals, percentile
+from outbox.commands.bench import ALL_SOAK_MINUTES
 
 TARGETS = {
     "capture": {"1_client_ratio", "4_clients_ratio", "8_clients_ratio", "100_row_ratio"},
@@ -84,6 +85,9 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
             assert report["figures"][f"{name}_reference"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
+    if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs
+        assert report["targets"]["dead_tuples_growth"]["value"] is None
+        assert any("dead-tuple growth not judged" in note for note in report["notes"])
     machine = report["machine"]
     assert machine["cpus"] >= 1
     assert machine["pg_version"]
@@ -202,6 +206,20 @@ def test_soak_trend_compares_the_last_third_of_windows_with_the_first(
     p99s: list[float], trend: float
 ) -> None:
     assert soak._trend(p99s) == trend
+
+
+@pytest.mark.parametrize(
+    ("seconds", "naptime", "judged"),
+    [(60.0, 60.0, False), (179.0, 60.0, False), (180.0, 60.0, True), (600.0, 60.0, True)],
+)
+def test_soak_judges_dead_tuple_growth_only_across_three_autovacuum_visits(
+    seconds: float, naptime: float, judged: bool
+) -> None:
+    assert soak.dead_tuples_judged(seconds, naptime) is judged
+
+
+def test_all_runs_the_soak_long_enough_to_judge_dead_tuple_growth() -> None:
+    assert soak.dead_tuples_judged(ALL_SOAK_MINUTES * 60.0, 60.0)
 
 
 @pytest.mark.parametrize(
