@@ -20,7 +20,7 @@ from outbox.sqlfiles import queries
 
 Q = queries("bench")
 EventRow = tuple[str, str, datetime, str, str | None]
-Capture = Literal["outbox", "reference", "off"]
+Capture = Literal["outbox", "reference", "floor", "off"]
 
 
 def _open(url: str) -> psycopg.Connection[Any]:
@@ -138,14 +138,16 @@ class BenchDb:
     def relays_idle(self) -> int:
         return int(self._value("bench_relays_idle"))
 
-    def install_reference(self) -> None:
-        """Add the reference capture trigger (bench.sql) to stover.contacts, switched off."""
+    def install_references(self) -> None:
+        """Add the reference and floor capture triggers (bench.sql) to stover.contacts, switched
+        off; the floor's deliveries go to the first endpoint added."""
         self.conn.execute(Q["bench_reference_install"])
+        self.conn.execute(Q["bench_floor_install"])
         self.capture("outbox")
 
     def capture(self, mode: Capture) -> None:
-        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference
-        trigger (after install_reference), or none."""
+        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference or
+        the floor trigger (after install_references), or none."""
         self.conn.execute(Q[f"bench_capture_{mode}"])
 
     def checkpoint(self) -> bool:

@@ -80,9 +80,10 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
     for name, value in report["figures"].items():
         assert value is None or isinstance(value, int | float | str), name
     assert set(report["targets"]) == TARGETS[scenario]
-    if scenario == "capture":  # each ratio beside the reference trigger's, from the same rounds
+    if scenario == "capture":  # each ratio beside the reference and floor triggers', same rounds
         for name in TARGETS["capture"]:
             assert report["figures"][f"{name}_reference"] > 0
+            assert report["figures"][f"{name}_floor"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs
