@@ -132,7 +132,7 @@ def run(bench: Bench) -> Report:
             "trigger-written outbox on this machine",
             "*_ratio_floor: the same for the least capture the contract allows (the event and "
             "its delivery to the one endpoint, into the outbox's own tables: no matching, no "
-            "wake-up check, no switch to UTC), the ceiling of any capture that keeps it",
+            "wake-up check, no switch to UTC), the ceiling of any trigger that keeps it",
         ]
         return bench.report(
             db,
