@@ -216,7 +216,7 @@ class Demo:
             while True:
                 _surface_failures(helpers)
                 progress = await watch.read()
-                settled = progress.pending == 0
+                settled = progress.pending == 0 and progress.waiting == 0
                 if settled or loop.time() > deadline or self.interrupted.is_set():
                     break
                 ticker.show("settling", loop.time() - started, progress, force=False)

@@ -60,6 +60,16 @@ class RelayMetrics:
             "How long the oldest due delivery has been waiting (0 when none is due).",
             registry=r,
         )
+        self.fan_out_events = Gauge(
+            "outbox_fan_out_lag_events",
+            "Committed events not fanned out to deliveries yet.",
+            registry=r,
+        )
+        self.fan_out_age = Gauge(
+            "outbox_fan_out_lag_seconds",
+            "How long ago the oldest committed event not fanned out yet was written (0: none).",
+            registry=r,
+        )
         self.database_up = Gauge(
             "outbox_database_up", "1 when the last scrape could read the database.", registry=r
         )
@@ -78,6 +88,8 @@ class RelayMetrics:
         self.pending.set(nan if backlog is None else backlog.pending)
         self.due.set(nan if backlog is None else backlog.due)
         self.oldest_due_age.set(nan if backlog is None else backlog.oldest_due_age_s)
+        self.fan_out_events.set(nan if backlog is None else backlog.fan_out_events)
+        self.fan_out_age.set(nan if backlog is None else backlog.fan_out_age_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -107,9 +119,16 @@ def make_app(url: str, observer: RelayMetrics) -> web.Application:
 
     async def healthz(_: web.Request) -> web.Response:
         reason = await check(url, migrations)
-        if reason is None:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text=reason + "\n")
+        if reason is not None:
+            return web.Response(status=503, text=reason + "\n")
+        try:
+            lag = await asyncio.wait_for(health.lag(url), CHECK_TIMEOUT)
+        except TimeoutError:
+            lag = None
+        if lag is None:
+            return web.Response(text="ok\nfan-out lag: unknown\n")
+        events, age = lag
+        return web.Response(text=f"ok\nfan-out lag: {events} events, oldest {age:.1f} s\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -23,6 +23,7 @@ from outbox import payload, retry, signing
 from outbox.config import Settings
 from outbox.db.store import TRANSIENT, Claimed, Result, Store, listen
 from outbox.errors import first_line
+from outbox.fanout import FanOut, Pace
 from outbox.sender import Outcome, Sender
 
 log = structlog.get_logger("outbox.relay")
@@ -119,8 +120,10 @@ class Relay:
         *,
         observer: Observer | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pace: Pace | None = None,
     ) -> None:
         self.store = store
+        self.fan_out = FanOut(store, pace)
         self.sender = sender
         self.settings = settings
         self.options = options or Options()
@@ -278,7 +281,9 @@ class Relay:
     # -- one batch, for tests and `outbox relay --once` -------------------------------------------
 
     async def run_once(self, limit: int | None = None) -> Tally:
-        """Claim one batch of due deliveries, send them all, record the outcomes."""
+        """Fan out what has committed, then claim one batch of due deliveries, send them all,
+        and record the outcomes."""
+        await self.fan_out.catch_up()
         claimed = await self.store.claim(limit or self.options.batch, self.settings.lease_seconds)
         results = await asyncio.gather(*(self.attempt(c) for c in claimed))
         tally = Tally()
@@ -397,14 +402,17 @@ class Relay:
         """Every `summary_every` seconds in which attempts finished, one line counting them."""
         every = self.options.summary_every
         seen = dataclasses.replace(self.tally)
+        fanned = (self.fan_out.events, self.fan_out.deliveries)
         since = time.monotonic()
         while every > 0:
             await asyncio.sleep(every)
             now, tally = time.monotonic(), self.tally
             finished = tally.claimed - seen.claimed
-            if finished:
+            if finished or self.fan_out.events != fanned[0]:
                 log.info(
                     "attempts",
+                    fanned_out_events=self.fan_out.events - fanned[0],
+                    deliveries_written=self.fan_out.deliveries - fanned[1],
                     delivered=tally.delivered - seen.delivered,
                     retrying=tally.retrying - seen.retrying,
                     failed=tally.failed - seen.failed,
@@ -413,6 +421,7 @@ class Relay:
                     in_flight=len(self._flight.held),
                 )
             seen, since = dataclasses.replace(tally), now
+            fanned = (self.fan_out.events, self.fan_out.deliveries)
 
     async def _listener(self) -> None:
         backoff = 0.2
@@ -525,6 +534,7 @@ class Relay:
         """Deliver until `stop` is set, then shut down gracefully."""
         workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
         helpers = [
+            asyncio.create_task(self.fan_out.run(self._nudge.set)),
             asyncio.create_task(self._listener()),
             asyncio.create_task(self._recorder()),
             asyncio.create_task(self._vacuumer()),

@@ -38,6 +38,7 @@ class Progress:
     attempts: int
     p50_s: float | None  # event created to delivered, over delivered deliveries
     p95_s: float | None
+    waiting: int = 0  # committed events not fanned out yet (any endpoint's)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Watch:
         row = await cur.fetchone()
         if row is None:
             raise OutboxError("the progress query returned nothing")
-        captured, delivered, first_try, retrying, pending, failed, attempts, p50, p95 = row
+        captured, delivered, first_try, retrying, pending, failed, attempts, p50, p95, waiting = row
         return Progress(
             captured=int(captured),
             delivered=int(delivered),
@@ -117,6 +118,7 @@ class Watch:
             attempts=int(attempts),
             p50_s=_seconds(p50),
             p95_s=_seconds(p95),
+            waiting=int(waiting),
         )
 
 

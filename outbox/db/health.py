@@ -24,6 +24,15 @@ class Backlog:
     pending: int
     due: int
     oldest_due_age_s: float
+    fan_out_events: int = 0  # committed events that have no deliveries yet
+    fan_out_age_s: float = 0.0  # how long ago the oldest of them was written
+
+
+async def fan_out_lag(conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
+    """(events, oldest age in seconds) of the committed events not fanned out yet."""
+    cur = await conn.execute(Q["fan_out_lag"])
+    row = await cur.fetchone()
+    return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
 
 async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
@@ -31,16 +40,27 @@ async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 async def backlog(url: str) -> Backlog | None:
-    """Count pending and due deliveries and age the oldest due one; None if the database fails."""
+    """Count pending and due deliveries and age the oldest due one, and the fan-out's lag; None
+    if the database fails."""
     try:
         async with await _connect(url) as conn:
             cur = await conn.execute(Q["backlog_measure"])
             row = await cur.fetchone()
+            lag = await fan_out_lag(conn)
     except psycopg.Error:
         return None
     if row is None:
-        return Backlog(0, 0, 0.0)
-    return Backlog(int(row[0]), int(row[1]), float(row[2]))
+        return Backlog(0, 0, 0.0, *lag)
+    return Backlog(int(row[0]), int(row[1]), float(row[2]), *lag)
+
+
+async def lag(url: str) -> tuple[int, float] | None:
+    """The fan-out's lag (fan_out_lag) on a connection of its own; None if the database fails."""
+    try:
+        async with await _connect(url) as conn:
+            return await fan_out_lag(conn)
+    except psycopg.Error:
+        return None
 
 
 async def readiness(url: str, migrations: Sequence[Migration]) -> str | None:

@@ -17,6 +17,7 @@ from outbox.db.connect import with_timeout
 from outbox.sqlfiles import queries
 
 Q = queries("deliveries")
+FAN_OUT = queries("fan_out")
 WAKE_CHANNEL = "outbox_due"
 
 # Errors that mean "the database is unreachable or restarting": retried with backoff.
@@ -39,6 +40,16 @@ class Claimed:
     endpoint_id: str
     url: str
     secret: str = field(repr=False)  # kept out of any repr that reaches a log
+
+
+@dataclass(frozen=True)
+class FanOutStep:
+    """What one fan-out step did: events fanned out, deliveries written, and whether committed
+    events were left for the next step."""
+
+    events: int = 0
+    deliveries: int = 0
+    more: bool = False
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass takes ~4x as long to build
@@ -141,6 +152,15 @@ class Store:
             after = self._turn
             self._turn = min((c.endpoint_id for c in claimed), key=lambda ep: (ep < after, ep))
         return claimed
+
+    async def fan_out(self, max_events: int) -> FanOutStep:
+        """One step of outbox.fan_out(); nothing when another relay is stepping."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(FAN_OUT["fan_out_step"], {"max_events": max_events})
+            row = await cur.fetchone()
+        if row is None:
+            return FanOutStep()
+        return FanOutStep(int(row[1]), int(row[2]), bool(row[3]))
 
     async def complete(self, results: Sequence[Result]) -> None:
         outcomes = _outcomes_json(results)

@@ -131,8 +131,9 @@ where id = %(endpoint_id)s::text
 for no key update;
 
 -- name: endpoint_replay
--- The window's events that the endpoint subscribes to (and that --types admits): the ones with a
--- delivery to this endpoint are requeued unless still pending, the others get a new delivery.
+-- The window's events that the endpoint subscribes to (and that --types admits), among those
+-- fanned out already (the others get their deliveries from fan-out): the ones with a delivery to
+-- this endpoint are requeued unless still pending, the others get a new delivery.
 -- Runs after endpoint_share_lock, in a statement of its own so its snapshot sees what any replay
 -- that held the lock before it committed.
 with matching as (
@@ -142,6 +143,7 @@ with matching as (
       and (%(until)s::timestamptz is null or e.created_at < %(until)s::timestamptz)
       and outbox.type_matches(%(subscribed)s::text[], e.type)
       and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
+      and outbox.fanned_out(e.xid)
     -- `outbox prune` deleting one of these events waits for this replay to commit, and then
     -- removes the new delivery with the event instead of leaving it without one.
     for key share of e
@@ -165,6 +167,7 @@ created as (
     select m.id, %(endpoint_id)s::text
     from matching m
     where not exists (select 1 from existing x where x.event_id = m.id)
+    on conflict (event_id, endpoint_id) do nothing
     returning id
 )
 select (select count(*) from requeued) as requeued,

@@ -22,7 +22,8 @@ select count(*) as captured,
        percentile_cont(0.5) within group (order by d.delivered_at - e.created_at)
            filter (where d.status = 'delivered') as p50,
        percentile_cont(0.95) within group (order by d.delivered_at - e.created_at)
-           filter (where d.status = 'delivered') as p95
+           filter (where d.status = 'delivered') as p95,
+       (select l.events from outbox.fan_out_lag() l) as waiting
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
 where d.endpoint_id = %(endpoint_id)s::text;

@@ -16,3 +16,8 @@ where d.status = 'pending';
 
 -- name: migrations_applied
 select version, checksum from outbox.schema_migrations order by version;
+
+-- name: fan_out_lag
+-- Committed events not fanned out yet, and the age of the oldest: a range of the events' primary
+-- key past the fan-out cursor (outbox.fan_out_lag), no lock.
+select l.events, l.oldest_age_s from outbox.fan_out_lag() l;

@@ -1,8 +1,8 @@
 -- `outbox prune`: remove events older than a cutoff, with their deliveries and attempts, once
 -- none of their deliveries is pending. Every parameter carries an explicit cast.
 --
--- Batches walk outbox.events in id order: ids start with the microsecond clock of their insert,
--- so the primary key yields the oldest events first and each batch reads only its own rows.
+-- Batches walk outbox.events in primary-key order, each reading only its own rows. An event not
+-- yet fanned out (its xid not in the fan-out cursor's snapshot) has no delivery yet and stays.
 
 -- name: prune_batch
 -- The next batch of events after %(after)s, each marked whether it is old enough to prune.
@@ -28,15 +28,18 @@ returning d.event_id;
 delete from outbox.events e
 where e.id = any(%(event_ids)s::text[])
   and not exists (select 1 from outbox.deliveries d where d.event_id = e.id)
+  and outbox.fanned_out(e.xid)
 returning e.id;
 
 -- name: prune_count
 -- What prune_deliveries and prune_events would remove from the batch's old events.
 select count(*) filter (where not c.pending) as events,
        coalesce(sum(c.deliveries) filter (where not c.pending), 0) as deliveries
-from unnest(%(event_ids)s::text[]) as e(id)
+from outbox.events e
 cross join lateral (
     select count(*) as deliveries, coalesce(bool_or(d.status = 'pending'), false) as pending
     from outbox.deliveries d
     where d.event_id = e.id
-) c;
+) c
+where e.id = any(%(event_ids)s::text[])
+  and outbox.fanned_out(e.xid);

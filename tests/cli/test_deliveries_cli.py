@@ -10,6 +10,7 @@ import pytest
 
 from outbox.commands.deliveries import parse_timestamp
 from outbox.errors import ConfigError
+from tests.db.rows import backdate_event, fan_out
 
 from .test_endpoints_cli import Conn, add_endpoint, assert_one_line_error, outbox
 
@@ -18,10 +19,9 @@ def emit(conn: Conn, event_type: str, age: timedelta | None = None) -> str:
     """An event (fanned out to the endpoints subscribed now), optionally dated `age` ago."""
     row = conn.execute("select outbox.emit(%s, '{}'::jsonb)", [event_type]).fetchone()
     assert row is not None
+    fan_out(conn)
     if age is not None:
-        conn.execute(
-            "update outbox.events set created_at = now() - %s where id = %s", [age, row[0]]
-        )
+        backdate_event(conn, row[0], age)
     return str(row[0])
 
 

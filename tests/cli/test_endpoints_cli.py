@@ -16,6 +16,7 @@ from outbox.commands.endpoints import check_types, check_url, parse_types
 from outbox.db import admin
 from outbox.errors import ConfigError, OutboxError
 from outbox.render import Column, shorten, table
+from tests.db.rows import fan_out
 
 Conn = psycopg.Connection[Any]
 
@@ -61,12 +62,14 @@ def add_endpoint(conn: Conn, url: str, types: list[str], **extra: Any) -> tuple[
 
 
 def add_contacts(conn: Conn, n: int) -> None:
+    """`n` contacts in one statement, their events fanned out as a relay would."""
     conn.execute(
         "insert into stover.contacts (first_name, last_name, email)"
         " select 'Ada' || g, 'Lovelace', 'ada' || g || '@example.com'"
         " from generate_series(1, %s) g",
         [n],
     )
+    fan_out(conn)
 
 
 def endpoint_row(conn: Conn, endpoint_id: str) -> tuple[Any, ...] | None:

@@ -59,3 +59,25 @@ def insert(conn: psycopg.Connection[Any], table: str, **values: Any) -> int:
     row = conn.execute(query, list(values.values())).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def fan_out(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """Fan out every committed event as a relay's steps would: (events, deliveries written)."""
+    events = deliveries = 0
+    while True:
+        row = conn.execute("select events, deliveries, more from outbox.fan_out()").fetchone()
+        assert row is not None
+        events, deliveries = events + row[0], deliveries + row[1]
+        if not row[2]:
+            return events, deliveries
+
+
+def backdate_event(conn: psycopg.Connection[Any], event_id: str, age: Any) -> None:
+    """Move an event's created_at `age` into the past, as if written then. Events are append-only,
+    so this goes round their trigger (a superuser's session_replication_role)."""
+    with conn.transaction():
+        conn.execute("set local session_replication_role = replica")
+        conn.execute(
+            "update outbox.events set created_at = now() - %s::interval where id = %s",
+            [age, event_id],
+        )

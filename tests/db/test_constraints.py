@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from .rows import fan_out
+
 Conn = psycopg.Connection[Any]
 Check = psycopg.errors.CheckViolation
 
@@ -165,6 +167,7 @@ def test_post_status_outside_the_list_is_refused_naming_the_allowed_statuses(con
 def test_delivery_status_outside_the_list_is_refused(conn: Conn) -> None:
     add_endpoint(conn)
     conn.execute("insert into stover.companies (name) values ('Acme')")
+    fan_out(conn)
     with pytest.raises(Check, match="delivery_status"):
         conn.execute("update outbox.deliveries set status = 'bogus'")
     row = conn.execute("select status from outbox.deliveries").fetchone()

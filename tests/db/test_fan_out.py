@@ -1,5 +1,6 @@
-"""Every event gets one pending delivery per enabled endpoint it matches, in its own transaction;
-outbox.emit() records application events and outbox.attach() captures any table."""
+"""Every committed event gets one pending delivery per enabled endpoint it matches, written by
+fan-out after commit; outbox.emit() records application events and outbox.attach() captures any
+table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from .rows import EVENT_ID, changed, count, drain, insert, table_row, types
+from .rows import EVENT_ID, changed, count, drain, fan_out, insert, table_row, types
 
 Conn = psycopg.Connection[Any]
 
@@ -31,8 +32,9 @@ def create_endpoint(conn: Conn, event_types: list[str], *, enabled: bool = True)
 
 
 def deliveries(conn: Conn) -> dict[str, set[str]]:
-    """Endpoint ids with a delivery, by event type; fails on a second delivery of one event to
-    one endpoint."""
+    """Endpoint ids with a delivery, by event type, once what has committed is fanned out; fails
+    on a second delivery of one event to one endpoint."""
+    fan_out(conn)
     rows = conn.execute(
         "select e.type, d.endpoint_id, count(*) from outbox.deliveries d"
         " join outbox.events e on e.id = d.event_id group by e.id, e.type, d.endpoint_id"
@@ -89,19 +91,22 @@ def test_each_event_gets_one_pending_delivery_per_matching_enabled_endpoint(
     assert row == (0, 0)
 
 
-def test_deliveries_are_written_in_the_events_transaction(
+def test_capture_writes_the_event_alone_and_fan_out_its_deliveries_after_commit(
     conn: Conn, reader: Conn, endpoints: dict[str, str]
 ) -> None:
     with conn.transaction():
         insert(conn, "stover.contacts", first_name="Ada")
-        assert count(conn, "outbox.deliveries") == 3
-        assert count(reader, "outbox.deliveries") == 0
-    assert count(reader, "outbox.deliveries") == 3
+        assert (count(conn, "outbox.events"), count(conn, "outbox.deliveries")) == (1, 0)
+        # Uncommitted: another session's fan-out step finds nothing to do.
+        assert fan_out(reader) == (0, 0)
+    assert count(reader, "outbox.deliveries") == 0
+    assert fan_out(reader) == (1, 3)
+    assert fan_out(reader) == (0, 0)
 
     with conn.transaction():
         insert(conn, "stover.deals", name="Never")
-        assert count(conn, "outbox.deliveries") == 5
         raise psycopg.Rollback
+    assert fan_out(reader) == (0, 0)
     assert count(conn, "outbox.deliveries") == 3
     assert types(drain(conn)) == ["contact.created"]
 
@@ -126,6 +131,7 @@ def test_emit_records_registers_and_fans_out_an_application_event(conn: Conn) ->
         second = conn.execute("""select outbox.emit('billing.invoice_paid', '{"n":2}')""")
         second_id = second.fetchone()
     assert second_id is not None
+    fan_out(conn)
     rows = conn.execute(
         "select endpoint_id from outbox.deliveries where event_id = %s", [second_id[0]]
     ).fetchall()

@@ -16,6 +16,8 @@ import pytest
 from outbox.db import retention
 from outbox.sqlfiles import queries
 
+from .rows import backdate_event, fan_out
+
 Conn = psycopg.Connection[Any]
 
 
@@ -27,10 +29,8 @@ def one(conn: Conn, query: LiteralString, params: Any = None) -> Any:
 
 def old_event(conn: Conn, event_type: str) -> str:
     event_id: str = one(conn, "select outbox.emit(%s, '{}'::jsonb)", [event_type])
-    conn.execute(
-        "update outbox.events set created_at = now() - interval '40 days' where id = %s",
-        [event_id],
-    )
+    fan_out(conn)
+    backdate_event(conn, event_id, "40 days")
     return event_id
 
 

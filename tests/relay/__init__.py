@@ -32,6 +32,7 @@ from outbox.db.store import Store
 from outbox.relay import Relay
 from outbox.sender import Sender
 from outbox.signing import USER_AGENT
+from tests.db.rows import fan_out
 
 SEED_TYPES = frozenset(
     {
@@ -204,6 +205,8 @@ def event_types(conn: psycopg.Connection[Any]) -> set[str]:
 
 
 def deliveries(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Every delivery, once what has committed is fanned out."""
+    fan_out(conn)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("select * from outbox.deliveries order by id")
         return cur.fetchall()

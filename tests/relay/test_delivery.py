@@ -322,8 +322,8 @@ def test_a_disabled_endpoints_deliveries_wait_until_it_is_enabled(
     with receiving() as receiver:
         paused = add_endpoint(conn, receiver.url("/paused"))
         emit_one(conn)
+        waiting = only_delivery(conn)  # fanned out while the endpoint was enabled
         set_enabled(conn, paused, False)
-        waiting = only_delivery(conn)
         proc = start_relay(relay_env(cli_env, ladder="0"))
         try:
             # A later delivery to a live endpoint is a barrier: the relay claims oldest first, so

@@ -15,6 +15,7 @@ import psycopg
 from support import stop, wait_until
 
 from outbox import metrics
+from tests.db.rows import fan_out
 
 from . import add_endpoint, receiving, relay_env, start_logged_relay
 
@@ -78,9 +79,22 @@ async def test_metrics_still_answer_while_the_database_is_down() -> None:
     assert sample(response.text, "outbox_attempts_total", 'outcome="delivered"') == 0.0
 
 
-async def test_backlog_gauges_count_pending_and_due_deliveries(db_url: str, conn: Conn) -> None:
+async def test_backlog_gauges_count_pending_and_due_deliveries_and_the_fan_out_lag(
+    db_url: str, conn: Conn
+) -> None:
     add_endpoint(conn, f"http://127.0.0.1:{closed_port()}/hook")
     conn.execute("insert into stover.companies (name) select 'c' || i from generate_series(1, 3) i")
+    async with serving(db_url) as base:
+        waiting = (await get(base + "/metrics")).text
+        health = (await get(base + "/healthz")).text
+    assert sample(waiting, "outbox_fan_out_lag_events") == 3.0
+    age = sample(waiting, "outbox_fan_out_lag_seconds")
+    assert age is not None
+    assert age > 0.0
+    assert sample(waiting, "outbox_deliveries_pending") == 0.0
+    assert health.startswith("ok\nfan-out lag: 3 events, oldest ")
+
+    fan_out(conn)
     conn.execute(
         "update outbox.deliveries set next_attempt_at = now() - interval '90 seconds' "
         "where id = (select min(id) from outbox.deliveries)"
@@ -90,6 +104,8 @@ async def test_backlog_gauges_count_pending_and_due_deliveries(db_url: str, conn
     assert sample(text, "outbox_database_up") == 1.0
     assert sample(text, "outbox_deliveries_pending") == 3.0
     assert sample(text, "outbox_deliveries_due") == 3.0
+    assert sample(text, "outbox_fan_out_lag_events") == 0.0
+    assert sample(text, "outbox_fan_out_lag_seconds") == 0.0
     oldest = sample(text, "outbox_oldest_due_age_seconds")
     assert oldest is not None
     assert oldest >= 90.0

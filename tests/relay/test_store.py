@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from outbox.db.store import Result, Store, claim_statement
+from tests.db.rows import fan_out
 
 from . import add_endpoint, attempts, emit_one, only_delivery
 
@@ -40,6 +41,7 @@ async def store_with_due(conn: Conn, db_url: str, events: int) -> AsyncIterator[
     add_endpoint(conn, "http://127.0.0.1:9/hook")
     for _ in range(events):
         emit_one(conn)
+    fan_out(conn)
     store = Store(db_url)
     await store.open()
     try:
@@ -94,6 +96,7 @@ def test_the_claim_alone_commits_without_waiting_for_the_wal_flush(conn: Conn) -
     # setting, so outcomes (recorded on the same pooled connections) still commit durably.
     add_endpoint(conn, "http://127.0.0.1:9/hook")
     emit_one(conn)
+    fan_out(conn)
     claim = claim_statement(walk=False)
     assert conn.execute("show synchronous_commit").fetchone() == ("on",)
     with conn.transaction():
@@ -121,6 +124,7 @@ async def test_endpoints_with_due_work_take_turns_from_one_claim_to_the_next(
     for name in ("a", "b", "c"):
         add_endpoint(conn, f"http://127.0.0.1:9/{name}")
     events = [emit_one(conn) for _ in range(10)]
+    fan_out(conn)
     order = [
         r[0]
         for r in conn.execute(

@@ -1,0 +1,225 @@
+"""outbox.fan_out() by transaction snapshots: each committed event fanned out exactly once, in the
+step after its transaction commits, whatever order transactions began and committed in; nothing
+of a rolled-back transaction or savepoint; subscriptions as they stand at fan-out time."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from .rows import count, fan_out, insert
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def other(db_url: str) -> Iterator[Conn]:
+    """A second connection, not in autocommit: a writer holding its transaction open."""
+    with psycopg.connect(db_url) as connection:
+        yield connection
+
+
+def endpoint(conn: Conn, types: tuple[str, ...] = ("*",), *, enabled: bool = True) -> str:
+    row = conn.execute(
+        "insert into outbox.endpoints (url, event_types, enabled) values (%s, %s, %s) returning id",
+        ["http://127.0.0.1:9/hook", list(types), enabled],
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def step(conn: Conn, max_events: int = 10_000) -> tuple[int, int, bool]:
+    row = conn.execute(
+        "select events, deliveries, more from outbox.fan_out(%s)", [max_events]
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), bool(row[2])
+
+
+def delivered_events(conn: Conn) -> list[str]:
+    """Event ids with a delivery, one entry per delivery (a repeat is a duplicate)."""
+    return [r[0] for r in conn.execute("select event_id from outbox.deliveries order by id")]
+
+
+def contact_events(conn: Conn) -> dict[str, int]:
+    """Each contact.created event's contact id, by event id."""
+    rows = conn.execute(
+        "select id, (data ->> 'id')::bigint from outbox.events where type = 'contact.created'"
+    )
+    return {str(event_id): int(contact) for event_id, contact in rows}
+
+
+def test_a_transaction_left_open_holds_back_only_its_own_events(conn: Conn, other: Conn) -> None:
+    endpoint(conn)
+    # Opened first: its xid is older than every other writer's.
+    late = insert(other, "stover.contacts", first_name="Late")
+    early = [insert(conn, "stover.contacts", first_name=f"c{n}") for n in range(200)]
+
+    assert step(conn) == (200, 200, False)
+    by_event = contact_events(conn)
+    assert sorted(by_event[e] for e in delivered_events(conn)) == sorted(early)
+
+    assert step(conn) == (0, 0, False)
+    other.commit()
+    assert step(conn) == (1, 1, False)
+    delivered = delivered_events(conn)
+    assert len(delivered) == len(set(delivered)) == 201
+    assert contact_events(conn)[delivered[-1]] == late
+    assert step(conn) == (0, 0, False)
+
+
+def test_a_rolled_back_savepoint_leaves_only_the_kept_events(conn: Conn) -> None:
+    endpoint(conn)
+    with conn.transaction():
+        kept = insert(conn, "stover.contacts", first_name="Kept")
+        conn.execute("savepoint import_row")
+        insert(conn, "stover.contacts", first_name="Dropped")
+        conn.execute("rollback to savepoint import_row")
+        also = insert(conn, "stover.contacts", first_name="Also kept")
+    with conn.transaction():
+        insert(conn, "stover.contacts", first_name="Rolled back")
+        conn.execute("select outbox.emit('test.gone', '{}')")
+        raise psycopg.Rollback
+    assert fan_out(conn) == (2, 2)
+    assert sorted(contact_events(conn).values()) == sorted([kept, also])
+
+
+def test_an_endpoint_gets_only_events_written_after_it_and_while_it_is_enabled(
+    conn: Conn,
+) -> None:
+    insert(conn, "stover.contacts", first_name="Before")
+    late = endpoint(conn)
+    paused = endpoint(conn, enabled=False)
+    insert(conn, "stover.contacts", first_name="After")
+    assert fan_out(conn) == (2, 1)
+    rows = conn.execute("select endpoint_id from outbox.deliveries").fetchall()
+    assert rows == [(late,)]
+    # Enabling it later sends nothing already fanned out (`outbox replay` does).
+    conn.execute("update outbox.endpoints set enabled = true where id = %s", [paused])
+    assert fan_out(conn) == (0, 0)
+
+
+def test_steps_are_bounded_and_together_fan_out_everything_once(conn: Conn) -> None:
+    endpoint(conn)
+    endpoint(conn, ("contact.created",))
+    for _ in range(30):
+        conn.execute(
+            "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 10) g"
+        )
+    steps = []
+    while True:
+        events, _, more = step(conn, 25)
+        steps.append(events)
+        if not more:
+            break
+    assert sum(steps) == 300
+    assert max(steps) <= 30  # at most the bound, rounded up to a whole transaction
+    assert len(steps) >= 10
+    delivered = delivered_events(conn)
+    assert len(delivered) == 600
+    assert len(set(delivered)) == 300
+    assert step(conn) == (0, 0, False)
+
+
+def test_one_transaction_larger_than_a_step_is_fanned_out_whole(conn: Conn) -> None:
+    endpoint(conn)
+    conn.execute(
+        "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 50) g"
+    )
+    assert step(conn, 10) == (50, 50, False)
+
+
+def test_one_relay_steps_at_a_time_and_the_others_skip(conn: Conn, db_url: str) -> None:
+    endpoint(conn)
+    insert(conn, "stover.contacts", first_name="Ada")
+    with psycopg.connect(db_url) as holder:
+        assert step(holder) == (1, 1, False)  # its transaction still holds the cursor
+        insert(conn, "stover.contacts", first_name="Bob")
+        assert step(conn) == (0, 0, False)  # skipped, not blocked
+        holder.commit()
+    assert step(conn) == (1, 1, False)
+    assert count(conn, "outbox.deliveries") == 2
+
+
+def test_a_step_killed_before_commit_leaves_nothing_and_the_next_step_does_it_all(
+    conn: Conn, db_url: str
+) -> None:
+    endpoint(conn)
+    insert(conn, "stover.contacts", first_name="Ada")
+    doomed = psycopg.connect(db_url)
+    try:
+        assert step(doomed) == (1, 1, False)  # written, not committed
+        conn.execute("select pg_terminate_backend(%s, 10000)", [doomed.info.backend_pid])
+    finally:
+        with contextlib.suppress(psycopg.OperationalError):
+            doomed.close()
+    assert count(conn, "outbox.deliveries") == 0
+    assert fan_out(conn) == (1, 1)
+
+
+def test_fan_out_refuses_a_snapshot_older_than_its_lock(conn: Conn) -> None:
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read")
+        with pytest.raises(psycopg.errors.InvalidTransactionState, match="READ COMMITTED"):
+            conn.execute("select * from outbox.fan_out()")
+
+
+def test_events_are_append_only_and_deliveries_unique(conn: Conn) -> None:
+    endpoint(conn)
+    insert(conn, "stover.contacts", first_name="Ada")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="append-only"):
+        conn.execute("update outbox.events set type = 'contact.updated'")
+    fan_out(conn)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "insert into outbox.deliveries (event_id, endpoint_id)"
+            " select event_id, endpoint_id from outbox.deliveries"
+        )
+
+
+def test_concurrent_writers_and_steppers_fan_out_each_committed_event_once(
+    conn: Conn, db_url: str
+) -> None:
+    endpoint(conn)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            with psycopg.connect(db_url) as c:
+                for i in range(60):
+                    insert(c, "stover.contacts", first_name=f"w{n}-{i}")
+                    if i % 3 == 0:
+                        c.rollback()
+                    else:
+                        c.commit()
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    def steps() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as c:
+                while not stop.is_set():
+                    step(c, 7)
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    steppers = [threading.Thread(target=steps) for _ in range(2)]
+    for thread in [*writers, *steppers]:
+        thread.start()
+    for thread in writers:
+        thread.join(60)
+    stop.set()
+    for thread in steppers:
+        thread.join(60)
+    assert errors == []
+    fan_out(conn)
+    delivered = delivered_events(conn)
+    assert len(delivered) == len(set(delivered)) == 4 * 40
+    assert set(delivered) == set(contact_events(conn))

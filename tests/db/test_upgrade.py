@@ -1,0 +1,106 @@
+"""Upgrading a working installation from 0006 (capture wrote the deliveries) to fan-out keeps every
+pending and retrying delivery and the whole audit history, fans nothing out twice, and a relay of
+the new version delivers what the old one left as well as what is written after."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from support import env_without_outbox, running_receiver
+
+from outbox.db import migrate
+from outbox.sqlfiles import sql_dir
+
+from .rows import fan_out
+
+Conn = psycopg.Connection[Any]
+
+
+def _migrations_up_to(tmp_path: Path, version: int) -> Path:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for path in sorted((sql_dir() / "migrations").glob("*.sql")):
+        if int(path.name[:4]) <= version:
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _relay_once(url: str) -> dict[str, int]:
+    env = env_without_outbox()
+    env.update(DATABASE_URL=url, OUTBOX_ALLOW_PRIVATE_NETWORKS="1", OUTBOX_LOG_FORMAT="json")
+    done = subprocess.run(
+        [sys.executable, "-m", "outbox", "relay", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    tally: dict[str, int] = json.loads(done.stdout)
+    return tally
+
+
+def test_an_upgrade_from_0006_keeps_pending_work_and_history(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    migrate.migrate(empty_db_url, folder=_migrations_up_to(tmp_path, 6))
+    with running_receiver() as receiver, psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types) values (%s, '{*}')", [receiver.url()]
+        )
+        conn.execute(
+            "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 6) g"
+        )
+        # Under 0006 the capture statement wrote the deliveries: two delivered, two retrying
+        # (one due now, one in an hour), two pending as written.
+        conn.execute(
+            "update outbox.deliveries set status = 'delivered', attempts = 1, delivered_at = now()"
+            " where id in (select id from outbox.deliveries order by id limit 2)"
+        )
+        conn.execute(
+            "insert into outbox.attempts (delivery_id, attempt, started_at, duration_ms,"
+            " status_code) select id, 1, now(), 1.0, 200 from outbox.deliveries"
+            " where status = 'delivered'"
+        )
+        conn.execute(
+            "update outbox.deliveries set attempts = 1, last_status_code = 500,"
+            " next_attempt_at = case when id % 2 = 0 then now() else now() + interval '1 hour' end"
+            " where id in (select id from outbox.deliveries where status = 'pending'"
+            " order by id limit 2)"
+        )
+        before = conn.execute(
+            "select id, event_id, status, attempts from outbox.deliveries order by id"
+        ).fetchall()
+        assert len(before) == 6
+
+        migrate.migrate(empty_db_url)
+
+        after = conn.execute(
+            "select id, event_id, status, attempts from outbox.deliveries order by id"
+        ).fetchall()
+        assert after == before
+        assert fan_out(conn) == (0, 0)  # what 0006 captured is not fanned out again
+        conn.execute("insert into stover.contacts (first_name) values ('after the upgrade')")
+
+        tally = _relay_once(empty_db_url)
+        # The new event and the three due pending deliveries; the one retrying in an hour waits.
+        assert (tally["delivered"], tally["failed"]) == (4, 0)
+        rows = conn.execute(
+            "select status, count(*) from outbox.deliveries group by status order by status"
+        ).fetchall()
+        assert rows == [("delivered", 6), ("pending", 1)]
+        per_event = conn.execute(
+            "select count(*) from outbox.deliveries group by event_id having count(*) > 1"
+        ).fetchall()
+        assert per_event == []
+        history = conn.execute("select count(*) from outbox.attempts").fetchone()
+        assert history == (6,)  # two from before the upgrade, four now
+    assert len(receiver.requests) == 4
+    assert len({r.headers["X-Stover-Delivery-Id"] for r in receiver.requests}) == 4
