@@ -20,7 +20,7 @@ from outbox.sqlfiles import queries
 
 Q = queries("bench")
 EventRow = tuple[str, str, datetime, str, str | None]
-Capture = Literal["outbox", "reference", "floor", "off"]
+Capture = Literal["outbox", "reference", "floor", "pgq", "off"]
 
 
 def _open(url: str) -> psycopg.Connection[Any]:
@@ -95,6 +95,7 @@ class BenchDb:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = _open(url)
+        self._pgq: bool | None = None  # whether PgQ's capture trigger is installed
 
     def __enter__(self) -> BenchDb:
         return self
@@ -123,8 +124,31 @@ class BenchDb:
     def wake(self) -> None:
         self.conn.execute(Q["bench_wake"])
 
-    def insert_events(self, count: int) -> None:
+    def insert_events(self, count: int, *, fan_out: bool = True) -> None:
+        """Commit `count` events in one transaction; then (`fan_out`) fan them out to the
+        enabled endpoints and wake idle relays."""
         self.conn.execute(Q["bench_events_insert"], {"count": count})
+        if fan_out:
+            self.fan_out()
+            self.wake()
+
+    def reset_outbox(self) -> None:
+        """Empty events, deliveries and attempts (the fan-out cursor stays valid)."""
+        self.conn.execute(Q["bench_outbox_reset"])
+
+    def fan_out_step(self, max_events: int) -> tuple[int, int, bool]:
+        """One outbox.fan_out() step: (events, deliveries written, whether events were left)."""
+        row = self.conn.execute(Q["bench_fan_out"], {"max_events": max_events}).fetchone()
+        return (0, 0, False) if row is None else (int(row[0]), int(row[1]), bool(row[2]))
+
+    def fan_out(self, max_events: int = 100_000) -> tuple[int, int]:
+        """Fan out every committed event, step by step: (events, deliveries written)."""
+        events = deliveries = 0
+        while True:
+            step_events, step_deliveries, more = self.fan_out_step(max_events)
+            events, deliveries = events + step_events, deliveries + step_deliveries
+            if not more:
+                return events, deliveries
 
     def pending(self, *, enabled_only: bool = False) -> int:
         """Pending deliveries (with `enabled_only`, only those of endpoints switched on)."""
@@ -138,17 +162,32 @@ class BenchDb:
     def relays_idle(self) -> int:
         return int(self._value("bench_relays_idle"))
 
-    def install_references(self) -> None:
-        """Add the reference and floor capture triggers (bench.sql) to stover.contacts, switched
-        off; the floor's deliveries go to the first endpoint added."""
+    def install_references(self) -> bool:
+        """Add the reference and floor capture triggers (bench.sql) to stover.contacts, and PgQ's
+        where the server has it, all switched off; returns whether PgQ's was added."""
         self.conn.execute(Q["bench_reference_install"])
         self.conn.execute(Q["bench_floor_install"])
+        self._pgq = bool(self._value("bench_pgq_available"))
+        if self._pgq:
+            try:
+                self.conn.execute(Q["bench_pgq_install"])
+            except psycopg.Error:
+                self._pgq = False  # installed but not ours to create (no superuser, say)
         self.capture("outbox")
+        return bool(self._pgq)
 
     def capture(self, mode: Capture) -> None:
-        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference or
-        the floor trigger (after install_references), or none."""
+        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference, the
+        floor or PgQ's trigger (after install_references), or none."""
         self.conn.execute(Q[f"bench_capture_{mode}"])
+        if self._pgq is None:
+            self._pgq = bool(self._value("bench_pgq_installed"))
+        if mode == "outbox" and self._pgq:
+            self.conn.execute(Q["bench_pgq_off"])
+
+    def enable_endpoints(self, count: int) -> None:
+        """The first `count` endpoints enabled, the others disabled."""
+        self.conn.execute(Q["bench_endpoints_enable"], {"count": count})
 
     def checkpoint(self) -> bool:
         """Flush dirty pages now so a measurement does not start mid-checkpoint (needs rights)."""

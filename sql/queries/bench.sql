@@ -16,24 +16,19 @@ select pg_notify('outbox_due', '');
 
 -- name: bench_events_insert
 -- %(count)s contact.created events in one statement, shaped like the rows stover.contacts
--- produces, fanned out to the enabled endpoints and woken up exactly as a capture trigger does.
-with ev as (
-    insert into outbox.events (type, data)
-    select 'contact.created',
-           jsonb_build_object(
-               'id', g, 'first_name', 'Ada', 'last_name', 'Lovelace',
-               'email', 'ada.' || g || '@example.com', 'phone', '+44 20 7946 0' || (g %% 1000),
-               'company_id', null, 'custom_fields', jsonb_build_object('source', 'bench'),
-               'created_at', now(), 'updated_at', now())
-    from generate_series(1, %(count)s::integer) g
-    returning id, type
-),
-fanned as (
-    insert into outbox.deliveries (event_id, endpoint_id)
-    select ev.id, ep.id
-    from ev join outbox.endpoints ep on ep.enabled and outbox.type_matches(ep.event_types, ev.type)
-)
-select outbox.wake_relays();
+-- produces; bench_fan_out then turns them into deliveries as a relay would.
+insert into outbox.events (type, data)
+select 'contact.created',
+       jsonb_build_object(
+           'id', g, 'first_name', 'Ada', 'last_name', 'Lovelace',
+           'email', 'ada.' || g || '@example.com', 'phone', '+44 20 7946 0' || (g %% 1000),
+           'company_id', null, 'custom_fields', jsonb_build_object('source', 'bench'),
+           'created_at', now(), 'updated_at', now())
+from generate_series(1, %(count)s::integer) g;
+
+-- name: bench_fan_out
+-- One fan-out step of up to %(max_events)s events, as the relay takes them.
+select f.events, f.deliveries, f.more from outbox.fan_out(%(max_events)s::integer) f;
 
 -- name: bench_pending_count
 -- Walks the partial pending index, so it stays cheap while a backlog drains.
@@ -53,9 +48,9 @@ select status, count(*) from outbox.deliveries group by status;
 select count(*) from outbox.relays where idle and heartbeat_at > now() - interval '1 minute';
 
 -- name: bench_reference_install
--- The cheapest capture a trigger can make: each inserted row as jsonb into a table with no index,
--- no id, no fan-out, by one statement-level plpgsql trigger. What it costs a write is as close
--- as a trigger-written outbox can come to plain INSERTs on this machine.
+-- The cheapest per-row capture a trigger can make: each inserted row as jsonb into a table with
+-- no index and no id, by one statement-level plpgsql trigger. What an event row with its data
+-- costs a write, without the outbox's id and primary key.
 create table bench_reference (data jsonb);
 create function bench_reference() returns trigger
 language plpgsql as $$
@@ -68,35 +63,48 @@ create trigger bench_reference after insert on stover.contacts
     referencing new table as new_rows for each statement execute function bench_reference();
 
 -- name: bench_floor_install
--- The least capture the contract allows (SPEC.md: each event and one delivery per subscribed
--- endpoint, in the writer's transaction), by one statement-level plpgsql trigger: the event rows
--- and a delivery each to the one endpoint, into outbox.events and outbox.deliveries with their
--- indexes; no matching of subscriptions, no wake-up check, no switch to UTC. What it costs a write
--- is as close as any capture that keeps the contract can come to plain INSERTs.
+-- The floor: the least a capture trigger can do, one tiny row per statement (an identity and the
+-- writer's xid) into a table with no index, by one statement-level plpgsql trigger. No event data
+-- at all: how close any trigger can come to plain INSERTs on this machine.
+create table bench_floor (
+    id  bigint generated always as identity,
+    xid xid8 not null default pg_current_xact_id()
+);
 create function bench_floor() returns trigger
 language plpgsql as $$
 begin
-    with ev as (
-        insert into outbox.events (type, data)
-        select 'contact.created', to_jsonb(r) from new_rows r
-        returning id
-    )
-    insert into outbox.deliveries (event_id, endpoint_id)
-    select ev.id, tg_argv[0] from ev;
+    insert into bench_floor default values;
     return null;
 end
 $$;
-do $$
-begin
-    execute format(
-        'create trigger bench_floor after insert on stover.contacts'
-        ' referencing new table as new_rows for each statement'
-        ' execute function bench_floor(%L)',
-        (select ep.id from outbox.endpoints ep order by ep.created_at limit 1));
-end
-$$;
+create trigger bench_floor after insert on stover.contacts
+    referencing new table as new_rows for each statement execute function bench_floor();
+
+-- name: bench_pgq_available
+-- Whether this server has PgQ installed (Debian's postgresql-NN-pgq3, for one).
+select exists (select 1 from pg_available_extensions where name = 'pgq');
+
+-- name: bench_pgq_install
+-- PgQ's own JSON capture, the design outbox.fan_out() borrows: a row-level C trigger that writes
+-- each row as JSON into a PgQ queue's event table (an id from a sequence, the xid, a B-tree on
+-- the xid).
+create extension if not exists pgq;
+select pgq.create_queue('outbox_bench');
+create trigger bench_pgq after insert on stover.contacts
+    for each row execute function pgq.jsontriga('outbox_bench');
+
+-- name: bench_endpoints_enable
+-- The first %(count)s endpoints (by creation) enabled, the rest disabled.
+with ranked as (
+    select ep.id, row_number() over (order by ep.created_at, ep.id) as n from outbox.endpoints ep
+)
+update outbox.endpoints ep
+set enabled = ranked.n <= %(count)s::integer
+from ranked
+where ranked.id = ep.id and ep.enabled is distinct from (ranked.n <= %(count)s::integer);
 
 -- name: bench_capture_outbox
+-- Only the outbox's own triggers (and the reference stover triggers: updated_at, checks).
 alter table stover.contacts enable trigger user;
 alter table stover.contacts disable trigger bench_reference;
 alter table stover.contacts disable trigger bench_floor;
@@ -109,8 +117,20 @@ alter table stover.contacts enable trigger bench_reference;
 alter table stover.contacts disable trigger user;
 alter table stover.contacts enable trigger bench_floor;
 
+-- name: bench_capture_pgq
+alter table stover.contacts disable trigger user;
+alter table stover.contacts enable trigger bench_pgq;
+
 -- name: bench_capture_off
 alter table stover.contacts disable trigger user;
+
+-- name: bench_pgq_installed
+select exists (select 1 from pg_trigger
+               where tgname = 'bench_pgq' and tgrelid = 'stover.contacts'::regclass);
+
+-- name: bench_pgq_off
+-- After a mode that enabled every user trigger, where PgQ's was installed.
+alter table stover.contacts disable trigger bench_pgq;
 
 -- name: bench_checkpoint
 checkpoint;
@@ -171,3 +191,7 @@ values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "b
 insert into stover.contacts (first_name, last_name, email, phone, custom_fields)
 select 'Ada', 'Lovelace', 'ada.' || g || '@example.com', '+44 20 7946 0000', '{"source": "bench"}'
 from generate_series(1, 100) g;
+
+
+-- name: bench_outbox_reset
+truncate outbox.attempts, outbox.deliveries, outbox.events;

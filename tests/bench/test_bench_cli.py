@@ -21,7 +21,12 @@ from outbox.bench.writer import arrivals, percentile
 from outbox.commands.bench import ALL_SOAK_MINUTES
 
 TARGETS = {
-    "capture": {"1_client_ratio", "4_clients_ratio", "8_clients_ratio", "100_row_ratio"},
+    "capture": {
+        f"{case}_{name}"
+        for case in ("1_client", "4_clients", "8_clients", "100_row")
+        for name in ("ratio_1_endpoint", "ratio_10_endpoints", "10_endpoints_vs_1")
+    },
+    "fanout": {"deliveries_per_s"},
     "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
     "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},
@@ -80,10 +85,10 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
     for name, value in report["figures"].items():
         assert value is None or isinstance(value, int | float | str), name
     assert set(report["targets"]) == TARGETS[scenario]
-    if scenario == "capture":  # each ratio beside the reference and floor triggers', same rounds
-        for name in TARGETS["capture"]:
-            assert report["figures"][f"{name}_reference"] > 0
-            assert report["figures"][f"{name}_floor"] > 0
+    if scenario == "capture":  # each case beside the reference and floor triggers', same rounds
+        for case in ("1_client", "4_clients", "8_clients", "100_row"):
+            assert report["figures"][f"{case}_ratio_reference"] > 0
+            assert report["figures"][f"{case}_ratio_floor"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs

@@ -1,6 +1,6 @@
-"""The capture bench's comparison triggers write what they claim to: the floor, the contract's
-least (each event and its delivery to the one endpoint), the reference one unindexed row, and each
-mode leaves the others' triggers off."""
+"""The capture bench's sides write what they claim to: the outbox its event row alone whatever the
+number of endpoints, the floor one tiny row, the reference one unindexed row, PgQ one event in its
+queue (where the server has PgQ), and each side leaves the others' triggers off."""
 
 from __future__ import annotations
 
@@ -14,33 +14,54 @@ from outbox.db.benchdb import BenchDb, Capture
 INSERT = "insert into stover.contacts (first_name, email) values ('Ada', 'ada@example.com')"
 
 
-def _counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
+def _counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
     row = conn.execute(
         "select (select count(*) from outbox.events), (select count(*) from outbox.deliveries),"
-        " (select count(*) from bench_reference)"
+        " (select count(*) from bench_reference), (select count(*) from bench_floor)"
     ).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 @pytest.mark.parametrize(
-    ("mode", "written"),
-    [("outbox", (1, 2, 0)), ("floor", (1, 1, 0)), ("reference", (0, 0, 1)), ("off", (0, 0, 0))],
+    ("mode", "endpoints", "written"),
+    [
+        ("outbox", 1, (1, 0, 0, 0)),
+        ("outbox", 10, (1, 0, 0, 0)),
+        ("floor", 1, (0, 0, 0, 1)),
+        ("reference", 1, (0, 0, 1, 0)),
+        ("off", 1, (0, 0, 0, 0)),
+    ],
 )
 def test_each_capture_mode_writes_only_its_own_rows(
-    db_url: str, mode: Capture, written: tuple[int, int, int]
+    db_url: str, mode: Capture, endpoints: int, written: tuple[int, int, int, int]
 ) -> None:
     with BenchDb(db_url) as db:
-        first = db.add_endpoint("http://127.0.0.1:9/first")
-        db.add_endpoint("http://127.0.0.1:9/second")  # the outbox fans out to both
+        for n in range(10):
+            db.add_endpoint(f"http://127.0.0.1:9/{n}")
         db.install_references()
         db.capture(mode)
+        db.enable_endpoints(endpoints)
     with psycopg.connect(db_url, autocommit=True) as conn:
+        enabled = conn.execute("select count(*) from outbox.endpoints where enabled").fetchone()
+        assert enabled == (endpoints,)
         conn.execute(INSERT)
         assert _counts(conn) == written
-        if mode == "floor":
-            row = conn.execute(
-                "select e.type, d.endpoint_id, d.status from outbox.events e"
-                " join outbox.deliveries d on d.event_id = e.id"
-            ).fetchone()
-            assert row == ("contact.created", first, "pending")
+
+
+def test_the_pgq_side_writes_one_event_into_its_queue_and_nothing_else(db_url: str) -> None:
+    with BenchDb(db_url) as db:
+        db.add_endpoint("http://127.0.0.1:9/only")
+        if not db.install_references():
+            pytest.skip("PgQ is not installed on this server")
+        db.capture("pgq")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(INSERT)
+        assert _counts(conn) == (0, 0, 0, 0)
+        row = conn.execute("select count(*) from pgq.event_template").fetchone()
+        assert row == (1,)
+        with BenchDb(db_url) as db:
+            db.capture("outbox")
+        conn.execute(INSERT)
+        assert _counts(conn) == (1, 0, 0, 0)
+        assert conn.execute("select count(*) from pgq.event_template").fetchone() == (1,)
