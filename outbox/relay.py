@@ -446,6 +446,8 @@ class Relay:
 
     async def _step(self, stop: asyncio.Event, state: dict[str, float | bool]) -> None:
         """One pass of the loop: claim what fits, or sleep until work is due or a wake-up."""
+        state["step_started"] = time.monotonic()
+        woken = self._nudge.is_set()  # a wake-up (NOTIFY, a freed slot), not the timer
         self._nudge.clear()
         opts = self.options
         flight = self._flight
@@ -459,12 +461,19 @@ class Relay:
         busy = flight.busy_endpoints(opts.per_endpoint)
         fullest = max((n for n in flight.per_endpoint.values() if n < opts.per_endpoint), default=0)
         limit = min(opts.batch, room, opts.per_endpoint - fullest)
+        fanned = await self.fan_out.before_claim(self._nudge.set)
         skip_set, skip_until = self._fruitless
-        if busy and frozenset(busy) == skip_set and time.monotonic() < skip_until:
+        fruitless = busy and frozenset(busy) == skip_set and time.monotonic() < skip_until
+        if fruitless and not fanned.deliveries:
             # The last claim that skipped these same busy endpoints found nothing else due.
             # Asking again on every completed attempt would find the same nothing, a query
-            # each time: wait until one of them frees up, a wake-up, or the poll.
-            await self._wait(skip_until - time.monotonic(), stop)
+            # each time: wait until one of them frees up, a wake-up, new events, or the poll.
+            await self._wait(min(skip_until - time.monotonic(), self.fan_out.pace.idle), stop)
+            return
+        quiet = state["idle"] and not woken and not fanned.deliveries
+        if quiet and time.monotonic() < float(state["due_at"]):
+            # An idle look found no new event, and nothing pending comes due yet.
+            await self._wait(self._idle_wait(state), stop)
             return
         claimed = await self.store.claim(limit, self.settings.lease_seconds, busy)
         overflow = self._dispatch(claimed)
@@ -503,12 +512,12 @@ class Relay:
                 # this relay a message).
                 await self.store.announce(self.relay_id, idle=False)
                 state["idle"] = False
-            await self._pause(opts.linger, stop)
+            await self._pause(self._linger_left(state), stop)
             return
         if not state["idle"] and now - float(state["quiet_since"] or now) < opts.quiet:
             # A trickle does not end at its first empty claim.
             state["quiet_since"] = state["quiet_since"] or now
-            await self._pause(opts.linger, stop)
+            await self._pause(self._linger_left(state), stop)
             return
         if not state["idle"]:
             # Say we are idle first, then look once more: a write that committed before the
@@ -523,7 +532,18 @@ class Relay:
         # Rows that look due but were not claimable are locked by another relay's claim for a
         # moment; look again shortly rather than spin.
         wait = opts.poll_interval if due is None else min(opts.poll_interval, max(due, 0.05))
-        await self._wait(wait, stop)
+        state["due_at"] = time.monotonic() + wait
+        await self._wait(self._idle_wait(state), stop)
+
+    def _idle_wait(self, state: dict[str, float | bool]) -> float:
+        """An idle relay's sleep: until a pending delivery comes due, but looking for newly
+        committed events every `Pace.idle` seconds meanwhile (writers send no wake-up)."""
+        return min(self.fan_out.pace.idle, max(float(state["due_at"]) - time.monotonic(), 0.0))
+
+    def _linger_left(self, state: dict[str, float | bool]) -> float:
+        """What is left of `linger` since this step began: while work trickles in, steps start
+        every `linger` seconds however long the fan-out and the claim took."""
+        return max(self.options.linger - (time.monotonic() - float(state["step_started"])), 0.0)
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         """Sleep a few milliseconds; wake-ups do not cut it short (that is its point)."""
@@ -534,14 +554,19 @@ class Relay:
         """Deliver until `stop` is set, then shut down gracefully."""
         workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
         helpers = [
-            asyncio.create_task(self.fan_out.run(self._nudge.set)),
             asyncio.create_task(self._listener()),
             asyncio.create_task(self._recorder()),
             asyncio.create_task(self._vacuumer()),
             asyncio.create_task(self._summarizer()),
         ]
         stop_waiter = asyncio.create_task(self._nudge_on(stop))
-        state: dict[str, float | bool] = {"idle": False, "announced": 0.0, "quiet_since": 0.0}
+        state: dict[str, float | bool] = {
+            "idle": False,
+            "announced": 0.0,
+            "quiet_since": 0.0,
+            "due_at": 0.0,  # while idle: when the earliest pending delivery comes due
+            "step_started": 0.0,
+        }
         backoff = 0.2
         log.info("relay started", relay_id=self.relay_id, **self._describe())
         try:
@@ -578,6 +603,7 @@ class Relay:
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        await self.fan_out.close()
         # Cancelling the recorder may cut off its write: that batch is written again with the
         # rest. Writing an outcome twice is harmless, as its lease token no longer matches.
         batch, self._results = self._recording + self._results, []
