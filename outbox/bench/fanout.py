@@ -11,7 +11,7 @@ import time
 
 from outbox.bench.harness import Bench, Figure, Progress, Report, Target, at_least, median
 from outbox.db.benchdb import BenchDb
-from outbox.fanout import Pace
+from outbox.relay.fanout import Pace
 
 ENDPOINTS = 10
 EVENTS = 100_000  # the backlog, in transactions of PER_TRANSACTION events

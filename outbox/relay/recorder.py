@@ -1,0 +1,75 @@
+"""Writes attempt outcomes to the database in batches, retrying through outages, and disables the
+endpoints that answered 410 Gone once their outcomes are written."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from outbox.db.store import TRANSIENT, Result, Store
+from outbox.errors import first_line
+
+log = structlog.get_logger("outbox.relay")
+
+
+class Recorder:
+    """Outcomes queue here as attempts finish; `run()` writes whatever has queued, a batch at a
+    time, while the attempts go on."""
+
+    def __init__(self, store: Store, take_gone: Callable[[], list[str]]) -> None:
+        self.store = store
+        self.take_gone = take_gone
+        self.since_vacuum = 0  # outcomes recorded since the last VACUUM
+        self._queued: list[Result] = []
+        self._writing: list[Result] = []  # the batch being written right now
+        self._ready = asyncio.Event()
+
+    def add(self, result: Result) -> None:
+        self._queued.append(result)
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._queued = self._queued, []
+            if batch:
+                self._writing = batch
+                await self.record(batch)
+                self._writing = []
+
+    async def flush(self, deadline: float) -> None:
+        """At shutdown, after `run()` was cancelled: write what is queued, and the batch whose
+        write the cancel may have cut off (an outcome written twice is harmless: its lease token
+        no longer matches the second time)."""
+        batch, self._queued = self._writing + self._queued, []
+        if batch:
+            await self.record(batch, deadline=deadline)
+
+    async def record(self, results: list[Result], *, deadline: float | None = None) -> None:
+        """Write outcomes, retrying through database outages (until `deadline`, if given)."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.store.complete(results)
+                self.since_vacuum += len(results)
+                gone = self.take_gone()
+                if gone:
+                    await self.store.disable_endpoints(gone)
+                    log.warning("endpoints disabled after 410 Gone", endpoint_ids=gone)
+            except TRANSIENT as exc:
+                if deadline is not None and time.monotonic() + backoff > deadline:
+                    log.error(
+                        "outcomes not recorded; their deliveries will be sent again",
+                        count=len(results),
+                        error=first_line(exc),
+                    )
+                    return
+                log.warning("database unavailable while recording; retrying", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                return
