@@ -71,9 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load()
         logs.configure(settings.log_format, settings.log_level)
+        logs.structured_notices(
+            settings.log_format == "json" and getattr(args, "structured_log", False)
+        )
         code: int = args.func(args, settings)
     except OutboxError as exc:
-        print(f"outbox: error: {exc}", file=sys.stderr)
+        logs.fatal(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         print("outbox: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""structlog configuration: readable lines on a terminal, JSON lines elsewhere, always on stderr."""
+"""structlog configuration: readable lines on a terminal, JSON lines elsewhere, always on stderr,
+for the project's own loggers and the standard library's (psycopg, aiohttp, asyncio) alike."""
 
 from __future__ import annotations
 
@@ -11,24 +12,30 @@ from typing import Any
 import orjson
 import structlog
 
+_structured_notices = False
+
 
 def configure(log_format: str, level: int = logging.INFO) -> None:
     """Route structlog to stderr in the chosen format; stdout stays free for command results."""
     renderer: structlog.typing.Processor
+    foreign: structlog.typing.Processor
     factory: Callable[..., Any]
+    stamper = _IsoUtcStamper()
     if log_format == "json":
         # The relay writes a line per attempt: orjson straight to stderr's bytes measured far
         # cheaper than the stdlib encoder and a text stream.
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
         factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        foreign = structlog.processors.JSONRenderer(serializer=_json_text)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
+        foreign = renderer
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _IsoUtcStamper(),
+            stamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -38,9 +45,56 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
         # writing to the stream of the configuration it first saw.
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    _route_stdlib(foreign, stamper)
+
+
+def _route_stdlib(renderer: structlog.typing.Processor, stamper: _IsoUtcStamper) -> None:
+    """The standard library's loggers (psycopg.pool's reconnect warnings, aiohttp's, asyncio's)
+    through the same rendering, with `logger` naming where a line came from."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                stamper,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
     # pgserver narrates every start-up step at INFO; its failures still surface as errors.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+def _json_text(value: Any, **_: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def structured_notices(on: bool) -> None:
+    """Whether notice() and fatal() write JSON records (a relay logging JSON: every line of a
+    sidecar's stderr parses) or plain lines (other commands, for the person at the terminal)."""
+    global _structured_notices  # noqa: PLW0603 - one switch for the process's notices
+    _structured_notices = on
+
+
+def notice(text: str) -> None:
+    """A command's note on stderr, such as which database it uses."""
+    if _structured_notices:
+        structlog.get_logger("outbox").info(text)
+    else:
+        print(text, file=sys.stderr)
+
+
+def fatal(text: str) -> None:
+    """The one line a command ends with when it fails."""
+    if _structured_notices:
+        structlog.get_logger("outbox").error(text)
+    else:
+        print(f"outbox: error: {text}", file=sys.stderr)
 
 
 class _IsoUtcStamper:

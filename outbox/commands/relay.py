@@ -7,7 +7,6 @@ import asyncio
 import gc
 import json
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -117,7 +116,9 @@ def register(sub: Any) -> None:
         default=None,
         help="serve /healthz and Prometheus /metrics on this port",
     )
-    parser.set_defaults(func=run)
+    # A sidecar's stderr goes to a log pipeline: with OUTBOX_LOG_FORMAT=json every line of it,
+    # the database notice and a fatal error included, is a JSON record.
+    parser.set_defaults(func=run, structured_log=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -215,7 +216,6 @@ async def serve(
         if server is not None:
             await server.cleanup()
         await store.close()
-    print("relay stopped", file=sys.stderr)
 
 
 def _sender(settings: Settings, options: Options) -> Sender:

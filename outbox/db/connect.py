@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from outbox import logs
 from outbox.config import Settings
 from outbox.errors import OutboxError, first_line
 
@@ -70,7 +70,7 @@ def resolve(settings: Settings, *, keep_running: bool = False, announce: bool = 
         url = start_embedded(settings.embedded_pgdata, keep_running=keep_running)
         db = Database(url, f"embedded PostgreSQL in ./{settings.embedded_pgdata}", embedded=True)
     if announce:
-        print(f"database: {db.description}", file=sys.stderr)
+        logs.notice(f"database: {db.description}")
     return db
 
 

@@ -82,16 +82,27 @@ def run_relay_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProces
     )
 
 
+def _notice(line: str) -> bool:
+    """The line naming the database in use: a JSON record from a relay logging JSON, else text."""
+    text = json.loads(line)["event"] if line.startswith("{") else line
+    return str(text).startswith("database: ")
+
+
 def problem_lines(stderr: str) -> list[str]:
     """stderr without the notice naming the database in use."""
-    return [line for line in stderr.splitlines() if line and not line.startswith("database: ")]
+    return [line for line in stderr.splitlines() if line and not _notice(line)]
 
 
 def refusal(done: subprocess.CompletedProcess[str]) -> str:
-    """The one line a refused command printed: no traceback, nothing on stdout."""
+    """What the one line a refused relay printed says: a JSON record's event once its settings
+    are read (they name the log format), else a plain line; no traceback, nothing on stdout."""
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     [line] = problem_lines(done.stderr)
+    if line.startswith("{"):
+        record = json.loads(line)
+        assert record["level"] == "error"
+        return str(record["event"])
     return line
 
 
