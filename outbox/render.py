@@ -64,23 +64,20 @@ def shorten(text: str, width: int, cut: Literal["end", "middle"] = "end") -> str
 
 
 def fit(columns: Sequence[Column], natural: Sequence[int], width: int) -> list[int]:
-    """Column widths for a line of `width`: fixed columns keep their natural width and flexible
-    ones share what is left by weight, the least demanding first, so none gives up more than it
-    must."""
+    """Column widths for a line of `width`: fixed columns keep their natural width; flexible ones
+    give up width the least useful first (lowest weight; among equals, the later column), each
+    down to its minimum before the next gives up any."""
     widths = list(natural)
-    flexible = sorted(
-        (i for i, c in enumerate(columns) if c.flex), key=lambda i: natural[i] / columns[i].weight
-    )
     fixed = sum(w for i, w in enumerate(natural) if not columns[i].flex)
     room = width - fixed - len(GAP) * (len(columns) - 1)
-    if sum(natural[i] for i in flexible) <= room:
-        return widths
-    weights = sum(columns[i].weight for i in flexible)
-    for i in flexible:
-        share = room * columns[i].weight // weights
-        widths[i] = max(min(natural[i], share), min(columns[i].min_width, natural[i]))
-        room -= widths[i]
-        weights -= columns[i].weight
+    flexible = [i for i, c in enumerate(columns) if c.flex]
+    excess = sum(natural[i] for i in flexible) - room
+    for i in sorted(flexible, key=lambda i: (columns[i].weight, -i)):
+        if excess <= 0:
+            break
+        give = min(excess, natural[i] - min(columns[i].min_width, natural[i]))
+        widths[i] -= give
+        excess -= give
     return widths
 
 
@@ -88,13 +85,14 @@ def table(
     columns: Sequence[Column],
     rows: Sequence[Sequence[object]],
     *,
-    width: int = PIPE_WIDTH,
+    width: int | None = PIPE_WIDTH,
     bold_header: bool = False,
 ) -> str:
-    """A table whose lines are at most `width` characters (when the fixed columns allow it)."""
+    """A table whose lines are at most `width` characters (when the fixed columns allow it);
+    with `width` None, nothing is cut."""
     cells = [[clean(value) for value in row] for row in rows]
     natural = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    widths = fit(columns, natural, width)
+    widths = natural if width is None else fit(columns, natural, width)
 
     def line(values: Sequence[str]) -> str:
         parts = [
@@ -153,6 +151,7 @@ def emit_json(document: object, stream: TextIO | None = None) -> None:
 
 
 def emit_table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> None:
-    """Print a table sized for stdout: bold headers and full width on a terminal only."""
+    """Print a table for stdout: on a terminal, fitted to its width with bold headers; piped,
+    every value whole, for the program or file that reads it."""
     tty = is_tty()
-    emit(table(columns, rows, width=line_width(), bold_header=tty))
+    emit(table(columns, rows, width=line_width() if tty else None, bold_header=tty))
