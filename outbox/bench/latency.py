@@ -12,6 +12,10 @@ RATE = 500.0
 SECONDS = 30.0
 QUICK_SECONDS = 2.0
 WARMUP = 1.0  # seconds of writes left out: connections and caches warming up
+# Fan-out is a step of the delivery path now: it may add little to what capture writing the
+# deliveries itself gave here (p50 1.6 ms, p99 3.9 ms).
+P50_TARGET_MS = 3.0
+P99_TARGET_MS = 8.0
 
 
 def run(bench: Bench) -> Report:
@@ -61,6 +65,6 @@ def run(bench: Bench) -> Report:
             "latency",
             f"commit to receiver arrival at {RATE:g} events/s",
             figures=figures,
-            targets={"p50_ms": at_most(p50, 10.0), "p99_ms": at_most(p99, 25.0)},
+            targets={"p50_ms": at_most(p50, P50_TARGET_MS), "p99_ms": at_most(p99, P99_TARGET_MS)},
             notes=notes,
         )
