@@ -1,4 +1,5 @@
-"""The relay's database side: claim due deliveries, record outcomes, hand back leases, wake-ups."""
+"""The relay's database side: fan-out steps, claims of due deliveries, outcomes, leases handed back
+and wake-ups."""
 
 from __future__ import annotations
 

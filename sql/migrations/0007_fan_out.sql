@@ -248,6 +248,19 @@ begin
 end
 $$;
 
+-- Deleting an endpoint while a fan-out step is open: the step may have written deliveries to it
+-- that the delete cannot see yet, which would stay pending with no endpoint to send them to. The
+-- delete first takes the cursor's lock, so it waits for a step in progress to commit, and then
+-- removes what that step wrote; a step that starts after it skips, or finds the endpoint gone.
+create or replace function outbox.forget_endpoints() returns trigger
+language plpgsql as $$
+begin
+    perform 1 from outbox.fan_out_cursor for update;
+    delete from outbox.deliveries d using gone_endpoints g where d.endpoint_id = g.id;
+    return null;
+end
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Capture: the same templates as 0005, writing the events alone. Writers no longer wake relays:
 -- checking for an idle relay cost a write about a tenth of its rate at four clients, and a relay

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -223,3 +224,38 @@ def test_concurrent_writers_and_steppers_fan_out_each_committed_event_once(
     delivered = delivered_events(conn)
     assert len(delivered) == len(set(delivered)) == 4 * 40
     assert set(delivered) == set(contact_events(conn))
+
+
+def _waiting_on_a_lock(conn: Conn, pid: int) -> bool:
+    row = conn.execute(
+        "select wait_event_type = 'Lock' from pg_stat_activity where pid = %s", [pid]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_an_endpoint_deleted_during_a_step_is_left_no_delivery(conn: Conn, db_url: str) -> None:
+    doomed = endpoint(conn)
+    insert(conn, "stover.contacts", first_name="Ada")
+    errors: list[BaseException] = []
+    with psycopg.connect(db_url) as stepper, psycopg.connect(db_url, autocommit=True) as operator:
+        assert step(stepper) == (1, 1, False)  # written, not committed: the delete cannot see it
+        pid = operator.info.backend_pid
+
+        def delete() -> None:
+            try:
+                operator.execute("delete from outbox.endpoints where id = %s", [doomed])
+            except BaseException as exc:  # handed to the test below
+                errors.append(exc)
+
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock(conn, pid):
+            assert deleting.is_alive(), "the delete did not wait for the step"
+            assert time.monotonic() < deadline, "the delete did not wait for the step"
+            time.sleep(0.01)
+        stepper.commit()
+        deleting.join(10)
+    assert errors == []
+    assert count(conn, "outbox.endpoints") == 0
+    assert count(conn, "outbox.deliveries") == 0
