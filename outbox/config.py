@@ -14,6 +14,10 @@ from outbox.errors import ConfigError
 
 DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
 DEFAULT_TIMEOUT = 30.0
+# 1 MiB: nginx's default client_max_body_size, the limit most receivers sit behind (Express's own
+# JSON parser stops at 100 kB). A body over the cap is a recorded failure, never a retry loop.
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+MAX_PAYLOAD_BYTES_RANGE = (1_024, 64 * 1_048_576)
 EMBEDDED_PGDATA = Path(".outbox") / "pgdata"
 
 
@@ -28,6 +32,7 @@ class Settings:
     log_format: str = "console"
     log_level: int = logging.INFO
     embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     @property
     def lease_seconds(self) -> float:
@@ -70,6 +75,22 @@ def parse_timeout(text: str) -> float:
         raise ConfigError(f"OUTBOX_TIMEOUT={text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"OUTBOX_TIMEOUT={text!r} must be a positive number of seconds")
+    return value
+
+
+def parse_max_payload(text: str) -> int:
+    """Parse `OUTBOX_MAX_PAYLOAD_BYTES`: a whole number of bytes within the allowed range."""
+    low, high = MAX_PAYLOAD_BYTES_RANGE
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"OUTBOX_MAX_PAYLOAD_BYTES={text!r} is not a whole number of bytes"
+        ) from None
+    if not low <= value <= high:
+        raise ConfigError(
+            f"OUTBOX_MAX_PAYLOAD_BYTES={text!r} must be from {low:,} to {high:,} bytes"
+        )
     return value
 
 
@@ -120,4 +141,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         log_format=parse_log_format(env.get("OUTBOX_LOG_FORMAT"), isatty=sys.stderr.isatty()),
         log_level=parse_log_level(env.get("OUTBOX_LOG_LEVEL") or "info"),
+        max_payload_bytes=parse_max_payload(
+            env.get("OUTBOX_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD_BYTES))
+        ),
     )

@@ -21,6 +21,15 @@ log = structlog.get_logger("outbox.relay")
 BODIES_KEPT = 4096  # rendered bodies kept for the retries and other endpoints of an event
 
 
+class PayloadTooLargeError(ValueError):
+    """An event whose body is over OUTBOX_MAX_PAYLOAD_BYTES."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @dataclass
 class Tally:
     """What a stretch of relay work did."""
@@ -97,13 +106,26 @@ class Attempts:
             self._log_delivered = True
 
     async def attempt(self, c: Claimed) -> Result:
-        """Send one delivery and work out its outcome (recording it is the caller's job)."""
-        body, headers, started = self.prepare(c)
-        return self.finish(c, started, await self.sender.send(c.url, body, headers))
+        """Send one delivery and work out its outcome (recording it is the caller's job). Every
+        claimed delivery gets a result, whatever fails."""
+        try:
+            body, headers, started = self.prepare(c)
+        except Exception as exc:
+            return self.unsendable(c, exc)
+        try:
+            return self.finish(c, started, await self.sender.send(c.url, body, headers))
+        except Exception as exc:
+            return self.broken(c, started, exc)
 
     def prepare(self, c: Claimed) -> tuple[bytes, dict[str, str], datetime]:
-        """The body and signed headers of `c`'s next attempt, and when that attempt starts."""
+        """The body and signed headers of `c`'s next attempt, and when that attempt starts.
+        Raises when the event cannot be sent as it is (too large, or not renderable)."""
         body = self._body(c)
+        cap = self.settings.max_payload_bytes
+        if len(body) > cap:
+            raise PayloadTooLargeError(
+                f"the payload is {len(body):,} bytes, over OUTBOX_MAX_PAYLOAD_BYTES ({cap:,})"
+            )
         started = self.clock()
         headers = signing.delivery_headers(
             secret=c.secret,
@@ -137,6 +159,37 @@ class Attempts:
         )
         if outcome.gone:
             self.gone.add(c.endpoint_id)
+        self._report(c, result)
+        return result
+
+    def unsendable(self, c: Claimed, exc: Exception) -> Result:
+        """The result of a delivery whose request cannot be made: the same event would fail the
+        same way on every attempt, so it fails now, with the reason on record."""
+        reason = str(exc) if isinstance(exc, PayloadTooLargeError) else _describe(exc)
+        return self._conclude(c, self.clock(), "failed", 0.0, f"not sent: {reason}")
+
+    def broken(self, c: Claimed, started: datetime, exc: Exception) -> Result:
+        """The result of an attempt that failed inside the relay around the send: a failed
+        attempt that follows the ladder like any other."""
+        failure = Outcome(False, None, f"relay error: {_describe(exc)}", b"", 0.0, None, False)
+        status, delay = decide(c, failure, self.settings.retry_ladder, self.clock())
+        return self._conclude(c, started, status, delay, failure.error)
+
+    def _conclude(
+        self, c: Claimed, started: datetime, status: str, delay: float, error: str | None
+    ) -> Result:
+        result = Result(
+            delivery_id=c.delivery_id,
+            lease=c.lease,
+            attempt=c.attempts + 1,
+            status=status,
+            delay=delay,
+            started_at=started,
+            duration_ms=0.0,
+            status_code=None,
+            error=error,
+            response_body=None,
+        )
         self._report(c, result)
         return result
 

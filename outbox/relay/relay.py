@@ -87,7 +87,13 @@ class Relay:
         and record the outcomes."""
         await self.fan_out.catch_up()
         claimed = await self.store.claim(limit or self.options.batch, self.settings.lease_seconds)
-        results = await asyncio.gather(*(self.attempts.attempt(c) for c in claimed))
+        try:
+            results = await asyncio.gather(*(self.attempts.attempt(c) for c in claimed))
+        except BaseException:
+            # Interrupted (a signal, a cancel): what it held is due again at once, not at lease end.
+            with contextlib.suppress(*TRANSIENT):
+                await self.store.release(claimed)
+            raise
         tally = Tally()
         for result in results:
             tally.add(result)
@@ -141,15 +147,18 @@ class Relay:
                 waiter: asyncio.Future[Claimed] = loop.create_future()
                 flight.idle.append(waiter)
                 c = await waiter
+            # attempt()'s steps inline: one coroutine less to resume at every wake-up
             try:
-                # attempt()'s steps inline: one coroutine less to resume at every wake-up
                 body, headers, started = attempts.prepare(c)
-                result = attempts.finish(c, started, await send(c.url, body, headers))
-            except Exception:
-                # Not expected (sending never raises); the lease brings the delivery back.
-                log.exception("attempt failed unexpectedly", delivery_id=c.delivery_id)
+            except Exception as exc:
+                result = attempts.unsendable(c, exc)
             else:
-                recorder.add(result)
+                try:
+                    result = attempts.finish(c, started, await send(c.url, body, headers))
+                except Exception as exc:
+                    log.exception("attempt failed inside the relay", delivery_id=c.delivery_id)
+                    result = attempts.broken(c, started, exc)
+            recorder.add(result)
             if flight.settle(c):
                 self._nudge.set()  # only a claim held back by a cap needs waking
 

@@ -27,7 +27,7 @@ from standardwebhooks import Webhook
 from support import Received, outbox_cmd
 
 from outbox import __version__
-from outbox.config import Settings
+from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES, Settings
 from outbox.db.store import Store
 from outbox.relay import Relay
 from outbox.sender import Sender
@@ -272,7 +272,11 @@ def header(request: Received, name: str) -> str:
 
 
 def relay_settings(
-    db_url: str, *, ladder: Sequence[float] = (0.0,), timeout: float = 10.0
+    db_url: str,
+    *,
+    ladder: Sequence[float] = (0.0,),
+    timeout: float = 10.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> Settings:
     return Settings(
         database_url=db_url,
@@ -280,16 +284,23 @@ def relay_settings(
         timeout=timeout,
         allow_private_networks=True,
         log_format="json",
+        max_payload_bytes=max_payload_bytes,
     )
 
 
 @asynccontextmanager
 async def running_relay(
-    db_url: str, *, ladder: Sequence[float] = (0.0,), answer_within: float = 10.0
+    db_url: str,
+    *,
+    ladder: Sequence[float] = (0.0,),
+    answer_within: float = 10.0,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> AsyncIterator[Relay]:
     """A real Relay (Store, Sender) in this process, for tests that call `run_once()`."""
     timeout = answer_within
-    settings = relay_settings(db_url, ladder=ladder, timeout=timeout)
+    settings = relay_settings(
+        db_url, ladder=ladder, timeout=timeout, max_payload_bytes=max_payload_bytes
+    )
     store = Store(db_url)
     await store.open()
     try:
