@@ -18,6 +18,10 @@ DEFAULT_TIMEOUT = 30.0
 # JSON parser stops at 100 kB). A body over the cap is a recorded failure, never a retry loop.
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 MAX_PAYLOAD_BYTES_RANGE = (1_024, 64 * 1_048_576)
+# Endpoints one account may have: Svix's and Hookdeck's default is of this order, and a page of
+# the account's dashboard lists them all.
+DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT = 20
+MAX_ENDPOINTS_PER_ACCOUNT_RANGE = (1, 10_000)
 EMBEDDED_PGDATA = Path(".outbox") / "pgdata"
 
 
@@ -33,6 +37,7 @@ class Settings:
     log_level: int = logging.INFO
     embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_endpoints_per_account: int = DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT
 
     @property
     def lease_seconds(self) -> float:
@@ -78,20 +83,21 @@ def parse_timeout(text: str) -> float:
     return value
 
 
-def parse_max_payload(text: str) -> int:
-    """Parse `OUTBOX_MAX_PAYLOAD_BYTES`: a whole number of bytes within the allowed range."""
-    low, high = MAX_PAYLOAD_BYTES_RANGE
+def parse_whole(name: str, text: str, bounds: tuple[int, int], unit: str) -> int:
+    """Parse a whole number of `unit` within `bounds` (inclusive), for variable `name`."""
+    low, high = bounds
     try:
         value = int(text.strip())
     except ValueError:
-        raise ConfigError(
-            f"OUTBOX_MAX_PAYLOAD_BYTES={text!r} is not a whole number of bytes"
-        ) from None
+        raise ConfigError(f"{name}={text!r} is not a whole number of {unit}") from None
     if not low <= value <= high:
-        raise ConfigError(
-            f"OUTBOX_MAX_PAYLOAD_BYTES={text!r} must be from {low:,} to {high:,} bytes"
-        )
+        raise ConfigError(f"{name}={text!r} must be from {low:,} to {high:,} {unit}")
     return value
+
+
+def parse_max_payload(text: str) -> int:
+    """Parse `OUTBOX_MAX_PAYLOAD_BYTES`: a whole number of bytes within the allowed range."""
+    return parse_whole("OUTBOX_MAX_PAYLOAD_BYTES", text, MAX_PAYLOAD_BYTES_RANGE, "bytes")
 
 
 def parse_flag(name: str, text: str) -> bool:
@@ -143,5 +149,11 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=parse_log_level(env.get("OUTBOX_LOG_LEVEL") or "info"),
         max_payload_bytes=parse_max_payload(
             env.get("OUTBOX_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD_BYTES))
+        ),
+        max_endpoints_per_account=parse_whole(
+            "OUTBOX_MAX_ENDPOINTS_PER_ACCOUNT",
+            env.get("OUTBOX_MAX_ENDPOINTS_PER_ACCOUNT", str(DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT)),
+            MAX_ENDPOINTS_PER_ACCOUNT_RANGE,
+            "endpoints",
         ),
     )

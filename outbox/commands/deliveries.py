@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from outbox import render
+from outbox.accounts import check_account
 from outbox.commands import counting_up_to
 from outbox.commands.endpoints import TYPES_HELP, check_types, parse_types
 from outbox.config import Settings
@@ -63,6 +64,7 @@ def _register_deliveries(sub: Any) -> None:
         "list", help="list deliveries, newest first", description="List deliveries, newest first."
     )
     listing.add_argument("--endpoint", metavar="ID", help="only this endpoint's deliveries")
+    listing.add_argument("--account", metavar="ID", help="only this account's deliveries")
     listing.add_argument("--status", choices=STATUSES, help="only deliveries in this state")
     listing.add_argument(
         "--event-type", metavar="T", help="only this event type (deal.* and * work too)"
@@ -115,6 +117,9 @@ def _register_replay(sub: Any) -> None:
     )
     parser.add_argument("--endpoint", required=True, metavar="ID", help="endpoint id (ep_…)")
     parser.add_argument(
+        "--account", metavar="ID", help="refuse unless the endpoint is this account's"
+    )
+    parser.add_argument(
         "--since", required=True, metavar="ISO", help=f"events created at or after ({ISO_HELP})"
     )
     parser.add_argument("--until", metavar="ISO", help="events created before (default: now)")
@@ -137,11 +142,13 @@ def _require_endpoint(conn: admin.Connection, endpoint_id: str | None) -> None:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    account = None if args.account is None else check_account(args.account)
     with admin.session(connect.resolve(settings).url) as conn:
         _require_endpoint(conn, args.endpoint)
         deliveries = admin.list_deliveries(
             conn,
             endpoint_id=args.endpoint,
+            account_id=account,
             status=args.status,
             event_type=args.event_type,
             limit=args.limit,
@@ -276,11 +283,17 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     if until is not None and until <= since:
         raise ConfigError(f"--until {args.until!r} is not after --since {args.since!r}")
     types = parse_types(args.types, "--types") if args.types else None
+    account = None if args.account is None else check_account(args.account)
     with admin.session(connect.resolve(settings).url) as conn:
         if types is not None:
             check_types(types, admin.known_event_types(conn), "--types")
         outcome = admin.replay(
-            conn, endpoint_id=args.endpoint, since=since, until=until, types=types
+            conn,
+            endpoint_id=args.endpoint,
+            since=since,
+            until=until,
+            types=types,
+            account_id=account,
         )
     if outcome is None:
         raise OutboxError(f"no endpoint with id {render.clean(args.endpoint)!r}")

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from outbox import render, signing
+from outbox.accounts import check_account
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
@@ -102,6 +103,14 @@ def _register_create(actions: Any) -> None:
     create.add_argument(
         "--disabled", action="store_true", help="create it switched off: no deliveries yet"
     )
+    create.add_argument(
+        "--account", metavar="ID", help="the account whose events it gets (default: none)"
+    )
+    create.add_argument(
+        "--all-accounts",
+        action="store_true",
+        help="the operator's feed: every account's events (not with --account)",
+    )
     _json_flag(create)
 
 
@@ -109,6 +118,7 @@ def _register_reads(actions: Any) -> None:
     listing = actions.add_parser(
         "list", help="list endpoints", description="List endpoints with their backlog."
     )
+    listing.add_argument("--account", metavar="ID", help="only this account's endpoints")
     _json_flag(listing)
 
     show = actions.add_parser("show", help="show one endpoint", description="Show one endpoint.")
@@ -203,6 +213,9 @@ def _no_endpoint(endpoint_id: str) -> OutboxError:
 def _create(args: argparse.Namespace, settings: Settings) -> int:
     url = check_url(args.url)
     patterns = parse_types(args.events)
+    account = None if args.account is None else check_account(args.account)
+    if account is not None and args.all_accounts:
+        raise ConfigError("--account and --all-accounts exclude each other: give one of them")
     secret = signing.generate_secret()
     with admin.session(_url(settings)) as conn:
         check_types(patterns, admin.known_event_types(conn))
@@ -213,6 +226,9 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             description=args.description,
             enabled=not args.disabled,
             secret=secret,
+            account_id=account,
+            all_accounts=args.all_accounts,
+            max_per_account=settings.max_endpoints_per_account,
         )
     if args.json:
         render.emit_json({"id": endpoint_id, "secret": secret})
@@ -227,8 +243,9 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
+    account = None if args.account is None else check_account(args.account)
     with admin.session(_url(settings)) as conn:
-        endpoints = admin.list_endpoints(conn)
+        endpoints = admin.list_endpoints(conn, account_id=account)
     if args.json:
         render.emit_json(endpoints)
         return 0
@@ -237,6 +254,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     columns = [
         render.Column("ID"),
+        render.Column("ACCOUNT", flex=True, cut="middle", min_width=7),
         render.Column("ON"),
         render.Column("PENDING", align=">"),
         render.Column("FAILED", align=">"),
@@ -244,11 +262,25 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         render.Column("EVENTS", flex=True, min_width=8),
     ]
     rows = [
-        (e.id, "yes" if e.enabled else "no", e.pending, e.failed, e.url, ",".join(e.event_types))
+        (
+            e.id,
+            _account_text(e.account_id, e.all_accounts),
+            "yes" if e.enabled else "no",
+            e.pending,
+            e.failed,
+            e.url,
+            ",".join(e.event_types),
+        )
         for e in endpoints
     ]
     render.emit_table(columns, rows)
     return 0
+
+
+def _account_text(account_id: str | None, all_accounts: bool) -> str:
+    if all_accounts:
+        return "(all)"
+    return render.NONE if account_id is None else account_id
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
@@ -271,6 +303,8 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "enabled": endpoint.enabled,
         "event_types": endpoint.event_types,
         "description": endpoint.description,
+        "account_id": endpoint.account_id,
+        "all_accounts": endpoint.all_accounts,
         "secret": secret,
         "created_at": endpoint.created_at,
         "updated_at": endpoint.updated_at,
@@ -291,6 +325,7 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("enabled", "yes" if endpoint.enabled else "no"),
             ("event types", ", ".join(endpoint.event_types)),
             ("description", endpoint.description or render.NONE),
+            ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),
             ("secret", secret),
             ("created at", render.timestamp(endpoint.created_at)),
             ("updated at", render.timestamp(endpoint.updated_at)),

@@ -29,6 +29,8 @@ class EndpointSummary:
     event_types: list[str]
     description: str
     created_at: datetime
+    account_id: str | None
+    all_accounts: bool
     pending: int
     failed: int
 
@@ -44,6 +46,8 @@ class EndpointDetail:
     description: str
     created_at: datetime
     updated_at: datetime
+    account_id: str | None
+    all_accounts: bool
     secret: str = field(repr=False)
     pending: int
     failed: int
@@ -62,6 +66,7 @@ class Delivery:
     event_type: str
     event_created_at: datetime
     endpoint_id: str
+    account_id: str | None
     next_attempt_at: datetime | None
     last_attempt_at: datetime | None
     last_status_code: int | None
@@ -154,24 +159,40 @@ def create_endpoint(
     description: str,
     enabled: bool,
     secret: str,
+    account_id: str | None = None,
+    all_accounts: bool = False,
+    max_per_account: int | None = None,
 ) -> str:
-    """Insert an endpoint; returns its id."""
+    """Insert an endpoint; returns its id. An account holding `max_per_account` endpoints
+    already gets no more (OutboxError)."""
     params = {
         "url": url,
         "event_types": list(event_types),
         "description": description,
         "enabled": enabled,
         "secret": secret,
+        "account_id": account_id,
+        "all_accounts": all_accounts,
     }
-    row = conn.execute(_sql("endpoint_insert"), params).fetchone()
+    with conn.transaction():
+        if account_id is not None and max_per_account is not None:
+            conn.execute(_sql("account_endpoints_lock"), params)
+            counted = conn.execute(_sql("account_endpoints_count"), params).fetchone()
+            held = int(counted[0]) if counted else 0
+            if held >= max_per_account:
+                raise OutboxError(
+                    f"account {account_id} already has {held} endpoints, the most allowed "
+                    f"(OUTBOX_MAX_ENDPOINTS_PER_ACCOUNT={max_per_account}); delete one first"
+                )
+        row = conn.execute(_sql("endpoint_insert"), params).fetchone()
     if row is None:
         raise OutboxError("the database returned no id for the new endpoint")
     return str(row[0])
 
 
-def list_endpoints(conn: Connection) -> list[EndpointSummary]:
+def list_endpoints(conn: Connection, *, account_id: str | None = None) -> list[EndpointSummary]:
     with conn.cursor(row_factory=class_row(EndpointSummary)) as cur:
-        return cur.execute(_sql("endpoints_list")).fetchall()
+        return cur.execute(_sql("endpoints_list"), {"account_id": account_id}).fetchall()
 
 
 def get_endpoint(conn: Connection, endpoint_id: str) -> EndpointDetail | None:
@@ -217,11 +238,13 @@ def list_deliveries(
     endpoint_id: str | None = None,
     status: str | None = None,
     event_type: str | None = None,
+    account_id: str | None = None,
     limit: int = 50,
 ) -> list[Delivery]:
     """Deliveries newest first; `event_type` may be an exact type, `prefix.*` or `*`."""
     params = {
         "endpoint_id": endpoint_id,
+        "account_id": account_id,
         "status": status,
         "event_type": event_type,
         "limit": limit,
@@ -277,16 +300,23 @@ def replay(
     since: datetime,
     until: datetime | None = None,
     types: Sequence[str] | None = None,
+    account_id: str | None = None,
 ) -> Replay | None:
-    """Send an endpoint every subscribed event of a window again, in one transaction.
+    """Send an endpoint every subscribed event of a window again, in one transaction: the events
+    fan-out would send it (its account's). With `account_id`, the endpoint must be that account's.
 
     None when there is no such endpoint."""
     with conn.transaction():
         lock = conn.execute(_sql("endpoint_share_lock"), {"endpoint_id": endpoint_id}).fetchone()
         if lock is None:
             return None
-        subscribed, enabled = lock
+        subscribed, enabled, owner, all_accounts = lock
+        if account_id is not None and owner != account_id:
+            whose = "it has no account" if owner is None else f"it is account {owner}'s"
+            raise OutboxError(f"endpoint {endpoint_id} is not account {account_id}'s ({whose})")
         params = {
+            "account_id": owner,
+            "all_accounts": all_accounts,
             "endpoint_id": endpoint_id,
             "since": since,
             "until": until,

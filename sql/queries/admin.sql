@@ -5,10 +5,18 @@
 select name from outbox.event_types order by name;
 
 -- name: endpoint_insert
-insert into outbox.endpoints (url, event_types, description, enabled, secret)
+insert into outbox.endpoints (url, event_types, description, enabled, secret, account_id,
+                              all_accounts)
 values (%(url)s::text, %(event_types)s::text[], %(description)s::text, %(enabled)s::boolean,
-        %(secret)s::text)
+        %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean)
 returning id;
+
+-- name: account_endpoints_lock
+-- Serialises endpoint creation within one account, so two at once cannot pass its limit.
+select pg_advisory_xact_lock(hashtextextended('outbox.account:' || %(account_id)s::text, 0));
+
+-- name: account_endpoints_count
+select count(*) from outbox.endpoints where account_id = %(account_id)s::text;
 
 -- name: endpoint_exists
 select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
@@ -17,16 +25,18 @@ select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
 -- The pending count walks the endpoint's range of the partial pending index; the failed count walks the endpoint's
 -- deliveries, which is fine for an operator's listing.
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
+       ep.account_id, ep.all_accounts,
        (select count(*) from outbox.deliveries d
         where d.endpoint_id = ep.id and d.status = 'pending') as pending,
        (select count(*) from outbox.deliveries d
         where d.endpoint_id = ep.id and d.status = 'failed') as failed
 from outbox.endpoints ep
+where %(account_id)s::text is null or ep.account_id = %(account_id)s::text
 order by ep.created_at, ep.id;
 
 -- name: endpoint_get
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
-       ep.updated_at, ep.secret, c.pending, c.failed, c.delivered
+       ep.updated_at, ep.account_id, ep.all_accounts, ep.secret, c.pending, c.failed, c.delivered
 from outbox.endpoints ep
 cross join lateral (
     select count(*) filter (where d.status = 'pending') as pending,
@@ -67,11 +77,12 @@ delete from outbox.endpoints where id = %(endpoint_id)s::text;
 -- name: deliveries_list
 -- Identity ids grow with insertion, so id order is newest first and walks the primary key.
 select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
-       e.created_at as event_created_at, d.endpoint_id, d.next_attempt_at, d.last_attempt_at,
-       d.last_status_code, d.last_error, d.delivered_at, d.created_at
+       e.created_at as event_created_at, d.endpoint_id, d.account_id, d.next_attempt_at,
+       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
 where (%(endpoint_id)s::text is null or d.endpoint_id = %(endpoint_id)s::text)
+  and (%(account_id)s::text is null or d.account_id = %(account_id)s::text)
   and (%(status)s::text is null or d.status = %(status)s::text)
   and (%(event_type)s::text is null
        or outbox.type_matches(array[%(event_type)s::text], e.type))
@@ -80,8 +91,8 @@ limit %(limit)s::integer;
 
 -- name: delivery_get
 select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
-       e.created_at as event_created_at, d.endpoint_id, d.next_attempt_at, d.last_attempt_at,
-       d.last_status_code, d.last_error, d.delivered_at, d.created_at
+       e.created_at as event_created_at, d.endpoint_id, d.account_id, d.next_attempt_at,
+       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
 where d.id = %(delivery_id)s::bigint;
@@ -126,7 +137,7 @@ select outbox.wake_relays();
 -- name: endpoint_share_lock
 -- Serialises replays of one endpoint (NO KEY UPDATE conflicts with itself) without blocking
 -- writers, whose new deliveries only take KEY SHARE on the endpoint.
-select event_types, enabled from outbox.endpoints
+select event_types, enabled, account_id, all_accounts from outbox.endpoints
 where id = %(endpoint_id)s::text
 for no key update;
 
@@ -144,6 +155,10 @@ with matching as (
       and outbox.type_matches(%(subscribed)s::text[], e.type)
       and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
       and outbox.fanned_out(e.xid)
+      -- fan-out's rule: the endpoint's own account's events, or, without an account, the events
+      -- without one (every account's with all_accounts)
+      and (e.account_id = %(account_id)s::text
+           or (%(account_id)s::text is null and (e.account_id is null or %(all_accounts)s::boolean)))
     -- `outbox prune` deleting one of these events waits for this replay to commit, and then
     -- removes the new delivery with the event instead of leaving it without one.
     for key share of e
@@ -163,8 +178,8 @@ requeued as (
     returning d.id
 ),
 created as (
-    insert into outbox.deliveries (event_id, endpoint_id)
-    select m.id, %(endpoint_id)s::text
+    insert into outbox.deliveries (event_id, endpoint_id, account_id)
+    select m.id, %(endpoint_id)s::text, %(account_id)s::text
     from matching m
     where not exists (select 1 from existing x where x.event_id = m.id)
     on conflict (event_id, endpoint_id) do nothing

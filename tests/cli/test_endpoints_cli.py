@@ -232,9 +232,9 @@ def test_list_counts_backlog_and_shows_every_value_whole_when_piped_and_has_json
     assert "contact.*,deal.*,company.*,post.*" in lines[1].split()
     assert "…" not in table.out
     assert "\x1b" not in table.out
-    assert lines[0].split() == ["ID", "ON", "PENDING", "FAILED", "URL", "EVENTS"]
-    assert lines[1].split()[:4] == [busy, "yes", "2", "1"]
-    assert lines[2].split()[:4] == [idle, "no", "0", "0"]
+    assert lines[0].split() == ["ID", "ACCOUNT", "ON", "PENDING", "FAILED", "URL", "EVENTS"]
+    assert lines[1].split()[:5] == [busy, "-", "yes", "2", "1"]
+    assert lines[2].split()[:5] == [idle, "-", "no", "0", "0"]
     listed = {e["id"]: e for e in json.loads(as_json.out)}
     assert listed[busy]["url"] == long_url
     assert listed[busy]["event_types"] == ["contact.*", "deal.*", "company.*", "post.*"]

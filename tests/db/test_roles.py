@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -14,33 +11,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support import outbox_cmd
 
+from .conftest import connect_as
 from .rows import fan_out
 
 Conn = psycopg.Connection[Any]
-_names = itertools.count()
-
-
-@pytest.fixture
-def login(conn: Conn) -> Iterator[Any]:
-    """Makes LOGIN roles holding the given role; drops them after the test."""
-    made: list[str] = []
-
-    def make(*granted: str) -> str:
-        name = f"outbox_test_login_{os.getpid()}_{next(_names)}"
-        conn.execute(f"create role {name} login")
-        for role in granted:
-            conn.execute(f"grant {role} to {name}")
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        conn.execute(f"drop owned by {name}")
-        conn.execute(f"drop role {name}")
-
-
-def connect_as(db_url: str, role: str) -> Conn:
-    return psycopg.connect(make_conninfo(db_url, user=role), autocommit=True)
 
 
 def add_endpoint(conn: Conn) -> None:

@@ -1,0 +1,157 @@
+"""Row-level security: the role outbox_account sees and changes only its own account's rows of
+outbox.events, endpoints, deliveries and attempts, and a mapped login cannot leave its account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from .conftest import connect_as
+from .rows import fan_out
+
+Conn = psycopg.Connection[Any]
+TABLES = ("outbox.events", "outbox.endpoints", "outbox.deliveries", "outbox.attempts")
+
+
+def seed(conn: Conn) -> dict[str, str]:
+    """Accounts 1 and 2 and an account-less row of everything: an endpoint each, an event each
+    fanned out to it, an attempt each. Endpoint ids by account ('-' for none)."""
+    made: dict[str, str] = {}
+    for account in ("1", "2", None):
+        row = conn.execute(
+            "insert into outbox.endpoints (url, event_types, account_id)"
+            " values ('http://127.0.0.1:9/hook', '{*}', %s) returning id",
+            [account],
+        ).fetchone()
+        assert row is not None
+        made[account or "-"] = row[0]
+        conn.execute("select outbox.emit('app.thing', '{}', account => %s)", [account])
+    fan_out(conn)
+    conn.execute(
+        "insert into outbox.attempts (delivery_id, attempt, started_at, duration_ms, status_code)"
+        " select id, 1, now(), 1, 500 from outbox.deliveries"
+    )
+    return made
+
+
+def counts(c: Conn) -> dict[str, int]:
+    found = {}
+    for table in TABLES:
+        row = c.execute(f"select count(*) from {table}").fetchone()
+        assert row is not None
+        found[table] = int(row[0])
+    return found
+
+
+def accounts_seen(c: Conn) -> set[str | None]:
+    seen: set[str | None] = set()
+    for table in ("outbox.events", "outbox.endpoints", "outbox.deliveries"):
+        seen |= {r[0] for r in c.execute(f"select account_id from {table}").fetchall()}
+    return seen
+
+
+def test_the_account_role_sees_its_own_rows_with_the_setting_and_none_without(
+    conn: Conn, db_url: str, login: Any
+) -> None:
+    seed(conn)
+    portal = login("outbox_account")
+    with connect_as(db_url, portal) as c:
+        assert counts(c) == dict.fromkeys(TABLES, 0)
+        c.execute("set outbox.account = '2'")
+        assert counts(c) == dict.fromkeys(TABLES, 1)
+        assert accounts_seen(c) == {"2"}
+        with c.transaction():
+            c.execute("set local outbox.account = '1'")
+            assert accounts_seen(c) == {"1"}
+        assert accounts_seen(c) == {"2"}
+    # Everyone else sees what they saw before.
+    assert counts(conn) == dict.fromkeys(TABLES, 3)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "insert into outbox.endpoints (url, event_types, account_id)"
+        " values ('http://127.0.0.1:9/x', '{*}', '1')",
+        "insert into outbox.endpoints (url, event_types) values ('http://127.0.0.1:9/x', '{*}')",
+        "insert into outbox.endpoints (url, event_types, all_accounts)"
+        " values ('http://127.0.0.1:9/x', '{*}', true)",
+        "update outbox.endpoints set account_id = '1'",
+        "update outbox.deliveries set account_id = '1'",
+        "insert into outbox.deliveries (event_id, endpoint_id, account_id)"
+        " select e.id, %(foreign)s, '2' from outbox.events e",
+    ],
+)
+def test_the_account_role_cannot_write_into_or_move_to_another_account(
+    conn: Conn, db_url: str, login: Any, statement: str
+) -> None:
+    made = seed(conn)
+    before = conn.execute(
+        "select (select json_agg(e order by id) from outbox.endpoints e),"
+        " (select json_agg(d order by id) from outbox.deliveries d)"
+    ).fetchone()
+    portal = login("outbox_account")
+    with connect_as(db_url, portal) as c:
+        c.execute("set outbox.account = '2'")
+        with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.CheckViolation)):
+            c.execute(statement, {"foreign": made["1"]})
+    after = conn.execute(
+        "select (select json_agg(e order by id) from outbox.endpoints e),"
+        " (select json_agg(d order by id) from outbox.deliveries d)"
+    ).fetchone()
+    assert after == before
+
+
+def test_the_account_role_manages_its_own_endpoints(conn: Conn, db_url: str, login: Any) -> None:
+    made = seed(conn)
+    portal = login("outbox_account")
+    with connect_as(db_url, portal) as c:
+        c.execute("set outbox.account = '2'")
+        row = c.execute(
+            "insert into outbox.endpoints (url, event_types, account_id)"
+            " values ('http://127.0.0.1:9/new', '{app.*}', '2') returning id, secret"
+        ).fetchone()
+        assert row is not None
+        assert row[1].startswith("whsec_")
+        c.execute("update outbox.endpoints set enabled = false where id = %s", [made["2"]])
+        # Another account's endpoint is not there to change or delete.
+        assert (
+            c.execute(
+                "update outbox.endpoints set enabled = false where id = %s", [made["1"]]
+            ).rowcount
+            == 0
+        )
+        assert c.execute("delete from outbox.endpoints where id = %s", [made["1"]]).rowcount == 0
+        assert c.execute("delete from outbox.endpoints where id = %s", [made["2"]]).rowcount == 1
+    left = conn.execute("select account_id, enabled from outbox.endpoints order by id").fetchall()
+    assert sorted(left, key=str) == sorted([("1", True), (None, True), ("2", True)], key=str)
+    # The deleted endpoint's deliveries went with it, and no other's did.
+    assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (2,)
+
+
+def test_a_mapped_login_cannot_leave_its_account_by_set(
+    conn: Conn, db_url: str, login: Any
+) -> None:
+    seed(conn)
+    customer = login("outbox_account")
+    conn.execute(
+        "insert into outbox.account_logins (login, account_id) values (%s, '1')", [customer]
+    )
+    with connect_as(db_url, customer) as c:
+        assert accounts_seen(c) == {"1"}
+        c.execute("set outbox.account = '2'")
+        assert accounts_seen(c) == {"1"}
+        c.execute("reset outbox.account")
+        assert accounts_seen(c) == {"1"}
+        # Nor by reading who is mapped where.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("select * from outbox.account_logins")
+
+
+def test_the_relay_and_writers_are_not_confined(conn: Conn, db_url: str, login: Any) -> None:
+    seed(conn)
+    relay = login("outbox_relay")
+    with connect_as(db_url, relay) as c:
+        assert counts(c) == dict.fromkeys(TABLES, 3)
