@@ -9,7 +9,17 @@ if TYPE_CHECKING:
     from outbox.bench.harness import Bench, Report
 
 # In the order `all` runs them.
-SCENARIOS = ("capture", "fanout", "deliver", "peer", "latency", "backlog", "isolation", "soak")
+SCENARIOS = (
+    "capture",
+    "fanout",
+    "accounts",
+    "deliver",
+    "peer",
+    "latency",
+    "backlog",
+    "isolation",
+    "soak",
+)
 
 
 def run(scenario: str, bench: Bench) -> Report:

@@ -132,6 +132,16 @@ class BenchDb:
             self.fan_out()
             self.wake()
 
+    def insert_account_events(self, count: int, *, accounts: int, offset: int) -> None:
+        """Commit `count` events in one transaction, spread round-robin over `accounts`."""
+        params = {"count": count, "accounts": accounts, "offset": offset}
+        self.conn.execute(Q["bench_account_events_insert"], params)
+
+    def set_account_endpoints(self, count: int, *, accounts: int) -> None:
+        """Replace every endpoint by `count` endpoints spread over `accounts` accounts."""
+        self.conn.execute(Q["bench_account_endpoints_set"], {"count": count, "accounts": accounts})
+        self.conn.execute(Q["bench_endpoints_analyze"])
+
     def reset_outbox(self) -> None:
         """Empty events, deliveries and attempts (the fan-out cursor stays valid)."""
         self.conn.execute(Q["bench_outbox_reset"])

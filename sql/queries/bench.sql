@@ -26,6 +26,25 @@ select 'contact.created',
            'created_at', now(), 'updated_at', now())
 from generate_series(1, %(count)s::integer) g;
 
+-- name: bench_account_events_insert
+-- %(count)s app.thing events in one statement, event g of account ((g + offset) mod accounts) + 1.
+insert into outbox.events (type, data, account_id)
+select 'app.thing', jsonb_build_object('id', g + %(offset)s::integer, 'source', 'bench'),
+       (((g + %(offset)s::integer) %% %(accounts)s::integer) + 1)::text
+from generate_series(1, %(count)s::integer) g;
+
+-- name: bench_account_endpoints_set
+-- Replace every endpoint by %(count)s endpoints subscribed to everything, spread evenly over
+-- accounts 1 to %(accounts)s.
+with gone as (delete from outbox.endpoints)
+insert into outbox.endpoints (url, event_types, description, account_id)
+select 'http://127.0.0.1:9/accounts/' || g, array['*'], 'outbox bench',
+       ((g %% %(accounts)s::integer) + 1)::text
+from generate_series(1, %(count)s::integer) g;
+
+-- name: bench_endpoints_analyze
+analyze outbox.endpoints;
+
 -- name: bench_fan_out
 -- One fan-out step of up to %(max_events)s events, as the relay takes them.
 select f.events, f.deliveries, f.more from outbox.fan_out(%(max_events)s::integer) f;

@@ -27,6 +27,7 @@ TARGETS = {
         for name in ("ratio_1_endpoint", "ratio_10_endpoints", "10_endpoints_vs_1")
     },
     "fanout": {"deliveries_per_s"},
+    "accounts": {"many_over_one"},
     "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
     "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},

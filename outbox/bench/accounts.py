@@ -1,0 +1,78 @@
+"""`accounts`: fan-out by account, many small accounts beside one account.
+
+The same backlog of committed events is fanned out twice, side by side in each round: once to ten
+endpoints of one account (the `fanout` scenario's shape), and once to 10,000 endpoints across 5,000
+accounts, each event its own account's (two endpoints). Fan-out joins events to endpoints by
+account, so the many accounts should cost about what the one does; testing every endpoint for
+every event would make them a thousand times slower.
+"""
+
+from __future__ import annotations
+
+import time
+
+from outbox.bench.harness import Bench, Figure, Progress, Report, Target, at_least, median
+from outbox.db.benchdb import BenchDb
+from outbox.relay.fanout import Pace
+
+EVENTS = 50_000
+QUICK_EVENTS = 2_000
+PER_TRANSACTION = 100
+STEP_EVENTS = Pace().max_events
+# (label, endpoints, accounts)
+LAYOUTS = (("one_account", 10, 1), ("many_accounts", 10_000, 5_000))
+TARGET_RATIO = 0.90
+
+
+def _fan_out(db: BenchDb, events: int, accounts: int, progress: Progress, label: str) -> float:
+    """Commit `events` events spread over `accounts` accounts, fan them out; deliveries/s."""
+    db.reset_outbox()
+    for written in range(0, events, PER_TRANSACTION):
+        db.insert_account_events(PER_TRANSACTION, accounts=accounts, offset=written)
+    progress(f"{label}: {events:,} events committed")
+    db.checkpoint()
+    started = time.perf_counter()
+    fanned, deliveries = db.fan_out(STEP_EVENTS)
+    elapsed = time.perf_counter() - started
+    if fanned != events:
+        progress.step(f"{label}: fanned out {fanned:,} events of {events:,}")
+    return deliveries / elapsed
+
+
+def run(bench: Bench) -> Report:
+    events = QUICK_EVENTS if bench.quick else EVENTS
+    progress = Progress("accounts")
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in LAYOUTS}
+    with bench.database("accounts") as url, BenchDb(url) as db:
+        for index in range(bench.rounds()):
+            # Alternate the order, so neither layout always runs first.
+            for label, endpoints, accounts in LAYOUTS if index % 2 == 0 else LAYOUTS[::-1]:
+                db.set_account_endpoints(endpoints, accounts=accounts)
+                rate = _fan_out(db, events, accounts, progress, label)
+                rates[label].append(rate)
+                progress.step(f"round {index + 1}, {label}: {rate:,.0f} deliveries/s")
+        one, many = median(rates["one_account"]), median(rates["many_accounts"])
+        ratios = [m / o for m, o in zip(rates["many_accounts"], rates["one_account"], strict=True)]
+        figures: dict[str, Figure] = {
+            "events": events,
+            "one_account_deliveries_per_s": one,
+            "many_accounts_deliveries_per_s": many,
+            "many_over_one": median(ratios),
+        }
+        targets: dict[str, Target] = {"many_over_one": at_least(median(ratios), TARGET_RATIO)}
+        notes = [
+            f"{events:,} app.thing events committed {PER_TRANSACTION} per transaction, then "
+            f"outbox.fan_out({STEP_EVENTS:,}) until nothing is left, no relay running",
+            "one_account: 10 endpoints of one account, each event to all 10; many_accounts: "
+            "10,000 endpoints across 5,000 accounts, each event to its own account's 2",
+            f"the ratio is of deliveries/s, paired round by round; medians of {bench.rounds()} "
+            "rounds, the layouts' order alternating",
+        ]
+        return bench.report(
+            db,
+            "accounts",
+            "fan-out to many accounts' endpoints beside one account's",
+            figures=figures,
+            targets=targets,
+            notes=notes,
+        )
