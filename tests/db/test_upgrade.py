@@ -104,3 +104,34 @@ def test_an_upgrade_from_0006_keeps_pending_work_and_history(
         assert history == (6,)  # two from before the upgrade, four now
     assert len(receiver.requests) == 4
     assert len({r.headers["X-Stover-Delivery-Id"] for r in receiver.requests}) == 4
+
+
+def test_an_upgrade_to_accounts_leaves_a_single_account_installation_as_it_was(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    migrate.migrate(empty_db_url, folder=_migrations_up_to(tmp_path, 7))
+    with running_receiver() as receiver, psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types) values (%s, '{*}')", [receiver.url()]
+        )
+        conn.execute("insert into stover.contacts (first_name) values ('fanned out before')")
+        assert fan_out(conn) == (1, 1)
+        # Committed under 0007 and not fanned out yet when the upgrade runs.
+        conn.execute("insert into stover.contacts (first_name) values ('waiting')")
+        conn.execute("select outbox.emit('app.thing', '{}')")
+
+        migrate.migrate(empty_db_url)
+
+        accounts = conn.execute(
+            "select (select count(*) from outbox.events where account_id is not null),"
+            " (select count(*) from outbox.endpoints where account_id is not null or all_accounts)"
+        ).fetchone()
+        assert accounts == (0, 0)
+        conn.execute("insert into stover.contacts (first_name) values ('after the upgrade')")
+        tally = _relay_once(empty_db_url)
+        assert (tally["delivered"], tally["failed"]) == (4, 0)
+        per_event = conn.execute(
+            "select count(*), count(distinct event_id), count(account_id) from outbox.deliveries"
+        ).fetchone()
+        assert per_event == (4, 4, 0)
+    assert len(receiver.requests) == 4
