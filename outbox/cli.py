@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from outbox import __version__, config, logs
-from outbox.errors import OutboxError
+from outbox.errors import OutboxError, first_line
 
 # Each module in outbox.commands adds its verb(s) with `register(subparsers)`.
 COMMANDS = (
@@ -81,4 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("outbox: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        logs.fatal(f"unexpected {type(exc).__name__}: {first_line(exc)}")
+        return 1
     return code

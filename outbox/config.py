@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from outbox.errors import ConfigError
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from outbox.errors import ConfigError, hide, scrub
 
 DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
 DEFAULT_TIMEOUT = 30.0
@@ -100,6 +104,42 @@ def parse_max_payload(text: str) -> int:
     return parse_whole("OUTBOX_MAX_PAYLOAD_BYTES", text, MAX_PAYLOAD_BYTES_RANGE, "bytes")
 
 
+# The password of a URI libpq cannot parse (postgres://user:password@host...), so that even the
+# error saying so does not show it.
+_URI_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:([^@/]*)@")
+
+
+def parse_database_url(text: str) -> str:
+    """Check `DATABASE_URL` as libpq will read it, hiding its password from every later line.
+
+    A malformed URI, or a connect_timeout that is not a whole number, is a ConfigError that names
+    the variable and never shows the password."""
+    found = _URI_PASSWORD.match(text)
+    if found:
+        hide(found.group(1))
+    try:
+        params = conninfo_to_dict(text)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        reason = scrub(reason.replace(text, "DATABASE_URL"))
+        raise ConfigError(
+            f"DATABASE_URL is not a PostgreSQL connection URI libpq can read ({reason}); "
+            "use one such as postgresql://user:password@host:5432/dbname"
+        ) from None
+    password = params.get("password")
+    hide(str(password) if password is not None else None)
+    timeout = params.get("connect_timeout")
+    if timeout is not None:
+        try:
+            int(str(timeout))
+        except ValueError:
+            raise ConfigError(
+                f"DATABASE_URL: connect_timeout={scrub(str(timeout))!r} is not a whole number "
+                "of seconds"
+            ) from None
+    return text
+
+
 def parse_flag(name: str, text: str) -> bool:
     """Parse a boolean variable written as 1/0, true/false, yes/no or on/off."""
     lowered = text.strip().lower()
@@ -139,7 +179,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from the environment (or the mapping given), failing with one line."""
     env = os.environ if environ is None else environ
     return Settings(
-        database_url=env.get("DATABASE_URL") or None,
+        database_url=parse_database_url(env["DATABASE_URL"]) if env.get("DATABASE_URL") else None,
         retry_ladder=parse_ladder(env.get("OUTBOX_RETRY_LADDER", "0,60,300,1800,7200")),
         timeout=parse_timeout(env.get("OUTBOX_TIMEOUT", "30")),
         allow_private_networks=parse_flag(

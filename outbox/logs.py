@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import structlog
 
+from outbox.errors import hiding, scrub
+
 _structured_notices = False
 
 
@@ -37,6 +39,7 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
             structlog.processors.add_log_level,
             stamper,
             structlog.processors.format_exc_info,
+            _scrub_credentials,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -60,7 +63,11 @@ def _route_stdlib(renderer: structlog.typing.Processor, stamper: _IsoUtcStamper)
                 stamper,
                 structlog.processors.format_exc_info,
             ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _scrub_credentials,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
@@ -68,6 +75,17 @@ def _route_stdlib(renderer: structlog.typing.Processor, stamper: _IsoUtcStamper)
     root.setLevel(logging.WARNING)
     # pgserver narrates every start-up step at INFO; its failures still surface as errors.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+
+def _scrub_credentials(
+    logger: object, name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """No hidden credential (the database password) in any text of a record."""
+    if hiding():
+        for key, value in event_dict.items():
+            if isinstance(value, str):
+                event_dict[key] = scrub(value)
+    return event_dict
 
 
 def _json_text(value: Any, **_: Any) -> str:
@@ -83,6 +101,7 @@ def structured_notices(on: bool) -> None:
 
 def notice(text: str) -> None:
     """A command's note on stderr, such as which database it uses."""
+    text = scrub(text)
     if _structured_notices:
         structlog.get_logger("outbox").info(text)
     else:
@@ -91,6 +110,7 @@ def notice(text: str) -> None:
 
 def fatal(text: str) -> None:
     """The one line a command ends with when it fails."""
+    text = scrub(text)
     if _structured_notices:
         structlog.get_logger("outbox").error(text)
     else:
