@@ -18,7 +18,10 @@ from outbox.sender import Outcome, Sender
 
 log = structlog.get_logger("outbox.relay")
 
-BODIES_KEPT = 4096  # rendered bodies kept for the retries and other endpoints of an event
+# Rendered bodies kept for the retries and the other endpoints of an event: at most this many,
+# and at most this many bytes (4,096 one-MiB events would otherwise be 4 GiB of relay memory).
+BODIES_KEPT = 4096
+BODIES_KEPT_BYTES = 32 * 1_048_576
 
 
 class PayloadTooLargeError(ValueError):
@@ -93,6 +96,7 @@ class Attempts:
         self.tally = Tally()
         self.gone: set[str] = set()  # endpoints to disable once their outcomes are recorded
         self._bodies: dict[str, bytes] = {}
+        self._bodies_bytes = 0
         # Bound once: the module's lazy logger would rebuild itself on every attempt's line.
         self._log = log.bind()
         # A line per delivered attempt only at debug level: at info, successes are counted in
@@ -201,12 +205,17 @@ class Attempts:
     def _body(self, c: Claimed) -> bytes:
         body = self._bodies.get(c.event_id)
         if body is None:
-            if len(self._bodies) > BODIES_KEPT:
-                self._bodies.clear()
             body = payload.render_event(
                 c.event_id, c.event_type, c.event_created_at, c.data_json, c.previous_json
             )
+            if (
+                len(self._bodies) >= BODIES_KEPT
+                or self._bodies_bytes + len(body) > BODIES_KEPT_BYTES
+            ):
+                self._bodies.clear()
+                self._bodies_bytes = 0
             self._bodies[c.event_id] = body
+            self._bodies_bytes += len(body)
         return body
 
     def _report(self, c: Claimed, result: Result) -> None:
