@@ -1,21 +1,23 @@
-"""One-off test sends from the CLI: a signed sample delivery to an endpoint, over httpx.
+"""One-off test sends from the CLI: a signed sample delivery to an endpoint, made as a relay
+attempt.
 
-The relay's hot path uses aiohttp behind outbox.sender; a single request from a command line is
-where httpx's synchronous API serves best.
+The send goes through the relay's own `Sender`, so it meets every rule a delivery meets: the
+address actually connected to is checked (a name cannot be re-pointed at a private address
+between a check and the connect), `OUTBOX_TIMEOUT` bounds the whole attempt, the answer is read
+at most to the relay's cap, redirects are reported and not followed, and a failure is described
+in the same words as in `outbox.attempts.error`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-import socket
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import httpx
-
-from outbox import netguard, payload, signing
+from outbox import payload, signing
+from outbox.sender import Outcome, Sender
 
 
 @dataclass(frozen=True)
@@ -50,41 +52,24 @@ def send_test(
         timestamp=int(now.timestamp()),
         user_agent=signing.USER_AGENT,
     )
-    started = time.perf_counter()
-    problem = netguard.check_url(url)
-    if problem is None and not allow_private_networks:
-        problem = _private(httpx.URL(url).host)
-    if problem is not None:
-        return ProbeResult(event_id, None, f"invalid_url: {problem}", 0.0, "")
-    try:
-        # No redirects, no proxies from the environment: the same rules as the relay.
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            response = client.post(url, content=body, headers=headers)
-    except httpx.TimeoutException:
-        return ProbeResult(
-            event_id, None, f"timeout: no response within {timeout:g}s", _ms(started), ""
-        )
-    except httpx.HTTPError as exc:
-        return ProbeResult(event_id, None, f"connect: {exc}", _ms(started), "")
-    text = response.content[:4096].decode("utf-8", "replace")
-    error = None if 200 <= response.status_code < 300 else f"http: {response.status_code}"
-    return ProbeResult(event_id, response.status_code, error, _ms(started), text)
+    outcome = asyncio.run(_send(url, body, headers, timeout, allow_private_networks))
+    return ProbeResult(
+        event_id=event_id,
+        status_code=outcome.status_code,
+        error=outcome.error,
+        duration_ms=outcome.duration_ms,
+        response_body=outcome.response_body.decode("utf-8", "replace"),
+    )
 
 
-def _private(host: str) -> str | None:
-    """Why the host may not be reached without OUTBOX_ALLOW_PRIVATE_NETWORKS, if it may not."""
-    if netguard.literal_address(host) is not None:
-        addresses = [host]
-    else:
-        try:
-            addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-        except OSError as exc:
-            return f"dns: cannot resolve {host}: {exc}"
-    blocked = [a for a in addresses if netguard.is_blocked_address(str(a))]
-    if blocked:
-        return f"{host} resolves to private address {blocked[0]} {netguard.ALLOW_HINT}"
-    return None
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000
+async def _send(
+    url: str, body: bytes, headers: dict[str, str], seconds: float, allow_private: bool
+) -> Outcome:
+    async with Sender(
+        timeout=seconds,
+        allow_private_networks=allow_private,
+        max_connections=1,
+        max_per_host=1,
+        user_agent=signing.USER_AGENT,
+    ) as sender:
+        return await sender.send(url, body, headers)

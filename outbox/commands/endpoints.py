@@ -179,7 +179,7 @@ def _url(settings: Settings) -> str:
 
 
 def _test(args: argparse.Namespace, settings: Settings) -> int:
-    from outbox import probe  # noqa: PLC0415 - httpx only for this action
+    from outbox import probe  # noqa: PLC0415 - the HTTP client only for this action
 
     with admin.session(_url(settings)) as conn:
         endpoint = admin.get_endpoint(conn, args.endpoint_id)
