@@ -324,6 +324,15 @@ async def drive(relay: Relay, until: Callable[[], bool], deadline_s: float = 20.
             await asyncio.sleep(0.05 if due is None else min(max(due, 0.01), 0.5))
 
 
+async def until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Wait until `check()` (run in a thread) holds; fail the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        await asyncio.sleep(0.02)
+
+
 def relay_env(cli_env: dict[str, str], *, ladder: str, timeout: str = "10") -> dict[str, str]:
     return {**cli_env, "OUTBOX_RETRY_LADDER": ladder, "OUTBOX_TIMEOUT": timeout}
 

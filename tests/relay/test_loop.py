@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from . import add_endpoint, emit_one, receiving, running_relay
+from . import add_endpoint, emit_one, receiving, running_relay, until
 
 Conn = psycopg.Connection[Any]
 TRICKLE = 40
@@ -17,14 +16,6 @@ TRICKLE = 40
 
 def _idle(conn: Conn) -> list[bool]:
     return [row[0] for row in conn.execute("select idle from outbox.relays").fetchall()]
-
-
-async def _until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_trickle_of_writes_is_gathered_by_claims_not_by_a_notify_per_write(
@@ -37,7 +28,7 @@ async def test_a_trickle_of_writes_is_gathered_by_claims_not_by_a_notify_per_wri
             running = asyncio.create_task(relay.run(stop))
             try:
                 # Nothing due: the relay says it is idle, so writers wake it with a NOTIFY.
-                await _until(lambda: _idle(conn) == [True], "the relay says it is idle")
+                await until(lambda: _idle(conn) == [True], "the relay says it is idle")
 
                 def trickle() -> list[bool]:
                     seen = []
@@ -51,11 +42,11 @@ async def test_a_trickle_of_writes_is_gathered_by_claims_not_by_a_notify_per_wri
                 # Work arriving every 10 ms: the relay says it is busy and claims every few
                 # milliseconds, so the writers stop sending a NOTIFY each.
                 assert False in seen, seen
-                await _until(lambda: len(receiver.requests) == TRICKLE, "every event arrives")
+                await until(lambda: len(receiver.requests) == TRICKLE, "every event arrives")
                 # Once the trickle dries up, it is idle again and writers wake it.
-                await _until(lambda: _idle(conn) == [True], "the relay is idle again")
+                await until(lambda: _idle(conn) == [True], "the relay is idle again")
                 emit_one(writer)
-                await _until(lambda: len(receiver.requests) == TRICKLE + 1, "a late write arrives")
+                await until(lambda: len(receiver.requests) == TRICKLE + 1, "a late write arrives")
             finally:
                 stop.set()
                 await running
