@@ -1,5 +1,5 @@
 """`backlog`: the drain rate with a million deliveries due against ten thousand, and the relay's
-memory while it works through the big one."""
+memory while it works through the big one and through events of 1 MB each."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ from outbox.db.benchdb import BenchDb
 BIG, SMALL, MEASURED = 1_000_000, 10_000, 10_000
 QUICK_BIG, QUICK_SMALL, QUICK_MEASURED = 20_000, 1_000, 1_000
 SEED_BATCH = 50_000
+# Events of about 1 MB (within the default OUTBOX_MAX_PAYLOAD_BYTES of 1 MiB once wrapped), enough
+# of them to fill every cache the relay keeps many times over.
+LARGE_EVENTS, QUICK_LARGE_EVENTS, LARGE_EVENT_BYTES = 300, 60, 1_000_000
+LARGE_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,21 @@ def timed_drain(
     return receiver.window(), peak
 
 
+def large_events(bench: Bench, receiver: Receiver, progress: Progress, count: int) -> float:
+    """The relay's peak RSS in MiB while it delivers `count` events of about 1 MB each."""
+    with bench.database("backlog_large") as url, BenchDb(url) as db:
+        db.add_endpoint(receiver.url())
+        for start in range(0, count, LARGE_BATCH):
+            db.insert_large_events(min(LARGE_BATCH, count - start), LARGE_EVENT_BYTES)
+            progress.step(f"events of 1 MB: {start + LARGE_BATCH:,}/{count:,} due")
+        _, peak = timed_drain(
+            bench, url, receiver, progress, label=f"{count:,} events of 1 MB",
+            expected=count, settled=lambda: db.pending() == 0,
+        )  # fmt: skip
+        progress.step(f"{count:,} events of 1 MB delivered, relay peak RSS {peak:,.0f} MiB")
+    return peak
+
+
 def run(bench: Bench) -> Report:
     size = (
         Sized(QUICK_BIG, QUICK_SMALL, QUICK_MEASURED)
@@ -122,6 +141,8 @@ def run(bench: Bench) -> Report:
             return window
 
         big_rounds, small_rounds = interleave(rounds, from_big, from_small)
+        large_count = QUICK_LARGE_EVENTS if bench.quick else LARGE_EVENTS
+        large_peak = large_events(bench, rx, progress, large_count)
         share = ratio([w.rate for w in big_rounds], [w.rate for w in small_rounds])
         peak = max(peaks)
         figures = {
@@ -133,13 +154,17 @@ def run(bench: Bench) -> Report:
             "small_per_s": median([w.rate for w in small_rounds]),
             "ratio_big_to_small": share,
             "relay_peak_rss_mb": peak,
+            "large_events": large_count,
+            "relay_peak_rss_mb_1mb_events": large_peak,
             "seed_s": seed_s,
         }
         notes = [
             f"each round starts a relay on a backlog already due and times its first "
             f"{size.measured:,} deliveries (first to last arrival); big and small alternate",
             "the big backlog is seeded in bulk SQL and VACUUM ANALYZEd before the first round",
-            "relay_peak_rss_mb: the largest VmHWM of any relay process in the scenario",
+            "relay_peak_rss_mb: the largest VmHWM of any relay process in the backlog rounds",
+            f"relay_peak_rss_mb_1mb_events: VmHWM of a relay delivering {large_count} events of "
+            f"about 1 MB each, due at once",
         ]
         return bench.report(
             big,
@@ -149,6 +174,7 @@ def run(bench: Bench) -> Report:
             targets={
                 "ratio_big_to_small": at_least(share, 0.90),
                 "relay_peak_rss_mb": at_most(peak, 200.0),
+                "relay_peak_rss_mb_1mb_events": at_most(large_peak, 200.0),
             },
             notes=notes,
         )

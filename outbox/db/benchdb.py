@@ -132,6 +132,13 @@ class BenchDb:
             self.fan_out()
             self.wake()
 
+    def insert_large_events(self, count: int, size: int) -> None:
+        """Commit `count` events of about `size` bytes each in one transaction, fan them out and
+        wake idle relays."""
+        self.conn.execute(Q["bench_large_events_insert"], {"count": count, "bytes": size})
+        self.fan_out()
+        self.wake()
+
     def insert_account_events(self, count: int, *, accounts: int, offset: int) -> None:
         """Commit `count` events in one transaction, spread round-robin over `accounts`."""
         params = {"count": count, "accounts": accounts, "offset": offset}

@@ -26,6 +26,18 @@ select 'contact.created',
            'created_at', now(), 'updated_at', now())
 from generate_series(1, %(count)s::integer) g;
 
+-- name: bench_large_events_insert
+-- %(count)s contact.created events in one statement, each with a custom_fields note of about
+-- %(bytes)s bytes (hex digits, as an attachment or a long text field would hold).
+insert into outbox.events (type, data)
+select 'contact.created',
+       jsonb_build_object(
+           'id', g, 'first_name', 'Ada', 'last_name', 'Lovelace',
+           'custom_fields', jsonb_build_object(
+               'note', left(repeat(md5(g::text || clock_timestamp()::text), %(bytes)s::integer / 32 + 1),
+                            %(bytes)s::integer)))
+from generate_series(1, %(count)s::integer) g;
+
 -- name: bench_account_events_insert
 -- %(count)s app.thing events in one statement, event g of account ((g + offset) mod accounts) + 1.
 insert into outbox.events (type, data, account_id)

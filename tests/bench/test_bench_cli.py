@@ -31,7 +31,7 @@ TARGETS = {
     "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
     "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},
-    "backlog": {"ratio_big_to_small", "relay_peak_rss_mb"},
+    "backlog": {"ratio_big_to_small", "relay_peak_rss_mb", "relay_peak_rss_mb_1mb_events"},
     "isolation": {"ratio"},
     "soak": {"throughput_decay", "p99_trend", "dead_tuples_growth"},
 }
