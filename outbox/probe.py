@@ -36,7 +36,13 @@ class ProbeResult:
 
 
 def send_test(
-    url: str, secret: str, event_type: str, *, timeout: float, allow_private_networks: bool
+    url: str,
+    secret: str,
+    event_type: str,
+    *,
+    timeout: float,
+    allow_private_networks: bool,
+    previous_secret: str | None = None,
 ) -> ProbeResult:
     """POST a signed sample event (data {"test": true}) exactly as the relay would send one."""
     now = datetime.now(UTC)
@@ -51,6 +57,7 @@ def send_test(
         body=body,
         timestamp=int(now.timestamp()),
         user_agent=signing.USER_AGENT,
+        previous_secret=previous_secret,
     )
     outcome = asyncio.run(_send(url, body, headers, timeout, allow_private_networks))
     return ProbeResult(

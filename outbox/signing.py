@@ -44,19 +44,28 @@ def delivery_headers(
     body: bytes,
     timestamp: int,
     user_agent: str,
+    previous_secret: str | None = None,
 ) -> dict[str, str]:
-    """Every header of one delivery attempt; `timestamp` is Unix seconds at signing time."""
+    """Every header of one delivery attempt; `timestamp` is Unix seconds at signing time.
+
+    While a rotation's overlap lasts (`previous_secret`), `webhook-signature` carries a signature
+    by each secret, and `X-Stover-Signature`, which holds one that the seed's snippet compares
+    whole, is still made with the replaced secret: receivers that have not yet taken the new one
+    keep verifying until the overlap ends."""
+    standard = standard_signature(secret, event_id, timestamp, body)
+    if previous_secret is not None:
+        standard += " " + standard_signature(previous_secret, event_id, timestamp, body)
     return {
         "Content-Type": "application/json",
         "User-Agent": user_agent,
-        "X-Stover-Signature": stover_signature(secret, body),
+        "X-Stover-Signature": stover_signature(previous_secret or secret, body),
         "X-Stover-Event-Id": event_id,
         "X-Stover-Event-Type": event_type,
         "X-Stover-Delivery-Id": delivery_id,
         "X-Stover-Attempt": str(attempt),
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": standard_signature(secret, event_id, timestamp, body),
+        "webhook-signature": standard,
     }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from outbox import render, signing
 from outbox.accounts import check_account
+from outbox.commands.prune import parse_age
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
@@ -140,10 +142,18 @@ def _register_changes(actions: Any) -> None:
     rotate = actions.add_parser(
         "rotate-secret",
         help="replace the signing secret and print the new one",
-        description="Replace the signing secret. The old one stops working at once; the new "
-        "one is printed once.",
+        description="Replace the signing secret and print the new one (only here). For the "
+        "--overlap the replaced secret signs too: webhook-signature carries a signature by "
+        "each, and X-Stover-Signature stays signed by the replaced one until the overlap ends, "
+        "so receivers switch at their own pace (README: Rotating a secret).",
     )
     _endpoint_id(rotate)
+    rotate.add_argument(
+        "--overlap",
+        default="24h",
+        metavar="AGE",
+        help="how long the replaced secret keeps signing: 24h (default), 30m, 2d, or 0 for none",
+    )
     _json_flag(rotate)
 
     delete = actions.add_parser(
@@ -193,6 +203,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
         endpoint.url,
         endpoint.secret,
         event_type,
+        previous_secret=endpoint.previous_secret,
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
@@ -306,6 +317,7 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "account_id": endpoint.account_id,
         "all_accounts": endpoint.all_accounts,
         "secret": secret,
+        "overlap_until": endpoint.previous_secret_until,
         "created_at": endpoint.created_at,
         "updated_at": endpoint.updated_at,
         "deliveries": {
@@ -327,11 +339,18 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("description", endpoint.description or render.NONE),
             ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),
             ("secret", secret),
+            ("overlap until", _overlap_text(endpoint.previous_secret_until)),
             ("created at", render.timestamp(endpoint.created_at)),
             ("updated at", render.timestamp(endpoint.updated_at)),
             ("deliveries", counts),
         ]
     )
+
+
+def _overlap_text(until: datetime | None) -> str:
+    if until is None:
+        return render.NONE
+    return f"{render.timestamp(until)} (the replaced secret signs too until then)"
 
 
 def _switch(args: argparse.Namespace, settings: Settings) -> int:
@@ -348,18 +367,27 @@ def _switch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    secret = signing.generate_secret()
+    overlap = parse_age(args.overlap, "--overlap", zero=True)
     with admin.session(_url(settings)) as conn:
-        if not admin.set_endpoint_secret(conn, args.endpoint_id, secret):
-            raise _no_endpoint(args.endpoint_id)
+        rotated = admin.rotate_secret(conn, args.endpoint_id, overlap)
+    if rotated is None:
+        raise _no_endpoint(args.endpoint_id)
+    secret, until = rotated
     if args.json:
-        render.emit_json({"id": args.endpoint_id, "secret": secret})
+        render.emit_json({"id": args.endpoint_id, "secret": secret, "overlap_until": until})
     else:
-        render.emit(render.fields([("id", args.endpoint_id), ("secret", secret)]))
-    print(
-        "the old secret no longer signs anything; give the receiver the new one now",
-        file=sys.stderr,
-    )
+        ends = render.timestamp(until) if until is not None else render.NONE
+        render.emit(
+            render.fields([("id", args.endpoint_id), ("secret", secret), ("overlap until", ends)])
+        )
+    if until is None:
+        note = "the old secret no longer signs anything; give the receiver the new one now"
+    else:
+        note = (
+            "both secrets sign until the overlap ends: have the receiver accept either by then "
+            "(X-Stover-Signature switches to the new secret when it ends)"
+        )
+    print(note, file=sys.stderr)
     return 0
 
 

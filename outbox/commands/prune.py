@@ -21,9 +21,12 @@ _PART = re.compile(r"([0-9]+)([smhdw])")
 _MAX_AGE = timedelta(days=36_500)
 
 
-def parse_age(text: str, option: str = "--older-than") -> timedelta:
-    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero."""
+def parse_age(text: str, option: str = "--older-than", *, zero: bool = False) -> timedelta:
+    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero (or zero, `0`, when
+    `zero` allows it)."""
     compact = text.strip().lower()
+    if zero and compact == "0":
+        return timedelta(0)
     parts = _PART.findall(compact)
     if not compact or "".join(n + u for n, u in parts) != compact:
         raise ConfigError(
@@ -31,7 +34,7 @@ def parse_age(text: str, option: str = "--older-than") -> timedelta:
             "(units s, m, h, d, w)"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
+    if seconds <= 0 and not zero:
         raise ConfigError(f"{option} {text!r} must be longer than zero")
     if seconds > _MAX_AGE.total_seconds():
         raise ConfigError(f"{option} {text!r} is longer than 100 years")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
@@ -52,6 +52,8 @@ class EndpointDetail:
     pending: int
     failed: int
     delivered: int
+    previous_secret: str | None = field(repr=False)  # while a rotation's overlap lasts
+    previous_secret_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -210,10 +212,15 @@ def set_endpoint_enabled(conn: Connection, endpoint_id: str, *, enabled: bool) -
     return None if row is None else int(row[0])
 
 
-def set_endpoint_secret(conn: Connection, endpoint_id: str, secret: str) -> bool:
-    """Replace the secret; False when there is no such endpoint."""
-    params = {"endpoint_id": endpoint_id, "secret": secret}
-    return conn.execute(_sql("endpoint_secret_set"), params).fetchone() is not None
+def rotate_secret(
+    conn: Connection, endpoint_id: str, overlap: timedelta
+) -> tuple[str, datetime | None] | None:
+    """Give the endpoint a new secret, the replaced one signing too for `overlap`; returns the
+    new secret and when the overlap ends (None: no overlap), or None when there is no such
+    endpoint."""
+    params = {"endpoint_id": endpoint_id, "overlap": overlap}
+    row = conn.execute(_sql("endpoint_secret_rotate"), params).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def delete_endpoint(conn: Connection, endpoint_id: str, *, allow_pending: bool) -> Deletion | None:

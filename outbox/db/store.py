@@ -41,6 +41,8 @@ class Claimed:
     endpoint_id: str
     url: str
     secret: str = field(repr=False)  # kept out of any repr that reaches a log
+    # The secret a rotation replaced, while its overlap lasts: it signs as well.
+    previous_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class Attempts:
             body=body,
             timestamp=int(started.timestamp()),
             user_agent=signing.USER_AGENT,
+            previous_secret=c.previous_secret,
         )
         return body, headers, started
 

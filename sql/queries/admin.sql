@@ -36,7 +36,10 @@ order by ep.created_at, ep.id;
 
 -- name: endpoint_get
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
-       ep.updated_at, ep.account_id, ep.all_accounts, ep.secret, c.pending, c.failed, c.delivered
+       ep.updated_at, ep.account_id, ep.all_accounts, ep.secret, c.pending, c.failed, c.delivered,
+       case when ep.previous_secret_until > now() then ep.previous_secret end as previous_secret,
+       case when ep.previous_secret_until > now() then ep.previous_secret_until end
+           as previous_secret_until
 from outbox.endpoints ep
 cross join lateral (
     select count(*) filter (where d.status = 'pending') as pending,
@@ -55,11 +58,13 @@ where id = %(endpoint_id)s::text
 returning (select count(*) from outbox.deliveries d
            where d.endpoint_id = %(endpoint_id)s::text and d.status = 'pending') as pending;
 
--- name: endpoint_secret_set
-update outbox.endpoints
-set secret = %(secret)s::text, updated_at = now()
-where id = %(endpoint_id)s::text
-returning id;
+-- name: endpoint_secret_rotate
+-- The new secret and when the replaced one stops signing (null: no overlap). Rows only for an
+-- endpoint this session can see.
+select r.secret, r.overlap_until
+from outbox.endpoints ep
+cross join lateral outbox.rotate_secret(ep.id, %(overlap)s::interval) r
+where ep.id = %(endpoint_id)s::text;
 
 -- name: endpoint_lock
 -- FOR UPDATE conflicts with the KEY SHARE lock a new delivery's foreign key takes, so no

@@ -56,7 +56,7 @@ claimed as (
 )
 select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
-       ep.id, ep.url, ep.secret
+       ep.id, ep.url, ep.secret, ep.previous_secret
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
@@ -65,7 +65,10 @@ cross join lateral (
     limit 1
 ) e
 cross join lateral (
-    select ep.id, ep.url, ep.secret
+    select ep.id, ep.url, ep.secret,
+           -- During a rotation's overlap the replaced secret signs too.
+           case when ep.previous_secret_until > now() then ep.previous_secret end
+               as previous_secret
     from outbox.endpoints ep
     where ep.id = c.endpoint_id
     limit 1

@@ -1,6 +1,8 @@
 // A receiver built the way a customer builds one: the seed document's Node.js verification snippet,
 // verbatim, in an Express app (route /webhook, secret in WEBHOOK_SECRET), plus /standard, which
-// verifies the raw body with the npm `standardwebhooks` package (secret in STANDARD_SECRET).
+// verifies the raw body with the npm `standardwebhooks` package (secret in STANDARD_SECRET), and
+// /rotating, the snippet applied with two secrets as the README's rotation procedure says
+// (WEBHOOK_SECRET and WEBHOOK_PREVIOUS_SECRET).
 //
 //   WEBHOOK_SECRET=whsec_... STANDARD_SECRET=whsec_... node seed_receiver.js [port]
 //
@@ -65,6 +67,21 @@ app.post('/webhook', (req, res) => {
 });
 
 // ---- End of the snippet ----
+
+// The README's procedure for rotating a secret: for the length of the overlap, the snippet's
+// check is made with the new secret (WEBHOOK_SECRET) and the replaced one
+// (WEBHOOK_PREVIOUS_SECRET); either passing accepts the webhook.
+app.post('/rotating', (req, res) => {
+  const signature = req.headers['x-stover-signature'];
+  const secrets = [process.env.WEBHOOK_SECRET, process.env.WEBHOOK_PREVIOUS_SECRET];
+  const isValid = secrets.some(
+    (secret) => secret && verifySignature(JSON.stringify(req.body), signature, secret)
+  );
+  if (!isValid) {
+    return res.status(401).send('Invalid signature');
+  }
+  res.status(200).send('OK');
+});
 
 const port = Number(process.argv[2] || process.env.PORT || 0);
 const server = app.listen(port, "127.0.0.1", (error) => {

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,14 +98,12 @@ def node_modules() -> Path:
     return modules
 
 
-@pytest.fixture(scope="session")
-def node_receiver(
-    node_modules: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[NodeReceiver]:
-    webhook_secret, standard_secret = generate_secret(), generate_secret()
-    log = tmp_path_factory.mktemp("node") / "stderr.log"
-    env = {**os.environ, "WEBHOOK_SECRET": webhook_secret, "STANDARD_SECRET": standard_secret}
-    with log.open("wb") as stderr:
+@contextmanager
+def running_node(log: Path, **secrets: str) -> Iterator[NodeReceiver]:
+    """`node seed_receiver.js` with the given secrets (WEBHOOK_SECRET, STANDARD_SECRET,
+    WEBHOOK_PREVIOUS_SECRET), until the block ends."""
+    env = {**os.environ, **secrets}
+    with log.open("ab") as stderr:
         proc = subprocess.Popen(
             ["node", "seed_receiver.js", "0"],
             cwd=NODE_DIR,
@@ -115,7 +114,9 @@ def node_receiver(
         )
     assert proc.stdout is not None
     started = threading.Event()
-    receiver = NodeReceiver(0, webhook_secret, standard_secret)
+    receiver = NodeReceiver(
+        0, secrets.get("WEBHOOK_SECRET", ""), secrets.get("STANDARD_SECRET", "")
+    )
 
     def read(stream: Any) -> None:
         for line in stream:
@@ -141,6 +142,17 @@ def node_receiver(
             proc.wait(10)
         reader.join(5)
         proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def node_receiver(
+    node_modules: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeReceiver]:
+    log = tmp_path_factory.mktemp("node") / "stderr.log"
+    with running_node(
+        log, WEBHOOK_SECRET=generate_secret(), STANDARD_SECRET=generate_secret()
+    ) as receiver:
+        yield receiver
 
 
 def write_awkward_payloads(conn: Conn) -> None:
@@ -245,3 +257,64 @@ def test_a_receiver_holding_the_wrong_secret_refuses_every_delivery(
     assert {(row["status"], row["last_status_code"]) for row in deliveries(conn)} == {
         ("failed", 401)
     }
+
+
+def rotate(cli_env: dict[str, str], endpoint_id: str, overlap: str) -> str:
+    done = subprocess.run(
+        outbox_cmd("endpoints", "rotate-secret", endpoint_id, "--overlap", overlap, "--json"),
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    secret: str = json.loads(done.stdout)["secret"]
+    return secret
+
+
+def test_a_receiver_following_the_rotation_procedure_never_fails_a_check(
+    conn: Conn, cli_env: dict[str, str], node_modules: Path, tmp_path: Path
+) -> None:
+    """The README's procedure, step by step, with a delivery to each scheme after every step:
+    rotate with an overlap; deploy the receiver accepting either secret; the overlap ends;
+    deploy it with the new secret alone. Every check passes."""
+    log = tmp_path / "node.log"
+    old_hook, old_standard = generate_secret(), generate_secret()
+    answers: list[list[str]] = []
+
+    def deliver_to(node: NodeReceiver, hook_path: str) -> None:
+        for endpoint, path in ((hook, hook_path), (standard, "/standard")):
+            conn.execute(
+                "update outbox.endpoints set url = %s where id = %s", [node.url(path), endpoint.id]
+            )
+        mark = node.mark()
+        conn.execute("select outbox.emit('test.ping', '{\"n\": 1}'::jsonb)")
+        tally = drain(cli_env)
+        assert tally["delivered"] == 2, tally
+        answers.extend(node.answers_since(mark, 2))
+
+    with running_node(log, WEBHOOK_SECRET=old_hook, STANDARD_SECRET=old_standard) as before:
+        hook = add_endpoint(conn, before.url("/webhook"), secret=old_hook)
+        standard = add_endpoint(conn, before.url("/standard"), secret=old_standard)
+        deliver_to(before, "/webhook")
+        # 1. Rotate both, with an overlap. The receiver has not changed yet.
+        new_hook = rotate(cli_env, hook.id, "1h")
+        new_standard = rotate(cli_env, standard.id, "1h")
+        deliver_to(before, "/webhook")
+    # 2. Within the overlap, deploy the receiver holding both secrets (the standard scheme
+    #    needs only the new one: the header carries a signature by each).
+    both = {"WEBHOOK_SECRET": new_hook, "WEBHOOK_PREVIOUS_SECRET": old_hook}
+    with running_node(log, **both, STANDARD_SECRET=new_standard) as during:
+        deliver_to(during, "/rotating")
+        # 3. The overlap ends.
+        conn.execute(
+            "update outbox.endpoints set previous_secret_until = now() - interval '1 second'"
+        )
+        deliver_to(during, "/rotating")
+    # 4. Deploy it with the new secret alone.
+    with running_node(log, WEBHOOK_SECRET=new_hook, STANDARD_SECRET=new_standard) as after:
+        deliver_to(after, "/webhook")
+
+    assert len(answers) == 10
+    assert {verdict for verdict, *_ in answers} == {"ok"}, answers
