@@ -124,6 +124,10 @@ def test_the_account_role_manages_its_own_endpoints(conn: Conn, db_url: str, log
             == 0
         )
         assert c.execute("delete from outbox.endpoints where id = %s", [made["1"]]).rowcount == 0
+        # It rotates its own endpoints' secrets; another account's endpoint is not there.
+        assert c.execute("select * from outbox.rotate_secret(%s)", [row[0]]).fetchone()
+        with pytest.raises(psycopg.errors.NoDataFound):
+            c.execute("select * from outbox.rotate_secret(%s)", [made["1"]])
         assert c.execute("delete from outbox.endpoints where id = %s", [made["2"]]).rowcount == 1
     left = conn.execute("select account_id, enabled from outbox.endpoints order by id").fetchall()
     assert sorted(left, key=str) == sorted([("1", True), (None, True), ("2", True)], key=str)
