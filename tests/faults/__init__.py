@@ -76,11 +76,11 @@ class Server:
         self.pg_ctl("-w", "-l", str(self.pgdata / "log"), "restart")
 
 
-def count(url: str, query: str) -> int | None:
+def count(url: str, query: str, params: list[Any] | None = None) -> int | None:
     """One number from a fresh connection; None while the server is away."""
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute(query).fetchone()
+            row = conn.execute(query, params).fetchone()
     except psycopg.OperationalError:
         return None
     assert row is not None
