@@ -27,9 +27,15 @@ class Received:
     at: float  # time.time() when it arrived
 
 
+class Drop:
+    """A behaviour's answer that closes the connection without a response."""
+
+
+DROP = Drop()
+
 # A behaviour decides the answer to a request: (status, body, delay-seconds), optionally with a
-# fourth item of response headers, or None to hang until the client gives up.
-Behaviour = Callable[[Received], "tuple[Any, ...] | None"]
+# fourth item of response headers; None to hang until the client gives up; or DROP.
+Behaviour = Callable[[Received], "tuple[Any, ...] | Drop | None"]
 
 
 def ok(_: Received) -> tuple[int, bytes, float]:
@@ -58,6 +64,11 @@ class Receiver:
         answer = self.behaviours.get(request.path, self.default)(got)
         if answer is None:
             await asyncio.sleep(3600)
+            return web.Response(status=599)
+        if isinstance(answer, Drop):
+            # The client sees the connection closed with no status line.
+            assert request.transport is not None
+            request.transport.close()
             return web.Response(status=599)
         status, text, delay, *rest = answer
         if delay:

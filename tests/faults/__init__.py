@@ -1,5 +1,6 @@
 """Fault-injection tests: real relay processes, real signals, real PostgreSQL, loopback receivers;
-and the few helpers they share (writing a backlog, reading delivery state and relay logs)."""
+and the few helpers they share (a dedicated server a test may restart, writing a backlog, reading
+delivery state and relay logs)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,83 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from support import Received, start_relay
+from pgserver._commands import POSTGRES_BIN_PATH
+from support import Received, env_without_outbox, start_relay
 
 Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Server:
+    """A dedicated embedded PostgreSQL that a test may stop and restart (the `dedicated_server`
+    fixture), never the machine's shared server."""
+
+    url: str
+    pgdata: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for running `outbox` subprocesses against this server (add OUTBOX_*
+        settings with relay_env)."""
+        return {
+            **env_without_outbox(),
+            "DATABASE_URL": self.url,
+            "OUTBOX_ALLOW_PRIVATE_NETWORKS": "1",
+            "OUTBOX_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    @property
+    def running(self) -> bool:
+        return (self.pgdata / "postmaster.pid").exists()
+
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this server as the user it runs as (pgserver's `pgserver` under root)."""
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args]
+        user = "pgserver" if os.geteuid() == 0 else None
+        # pg_ctl's server inherits its output handles, so they are files, not pipes a
+        # subprocess.run could wait on for ever.
+        with tempfile.TemporaryFile() as out:
+            done = subprocess.run(
+                command, stdout=out, stderr=out, user=user, timeout=60, check=False
+            )
+            out.seek(0)
+            output = out.read().decode(errors="replace")
+        assert done.returncode == 0, f"pg_ctl {' '.join(args)} failed: {output}"
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server (`mode`: smart, fast or immediate) and start it again."""
+        # `restart` starts the server again with the options it last ran with (postmaster.opts:
+        # no TCP listener, the same socket directory), so its URI stays valid.
+        self.pg_ctl("-w", "-m", mode, "-l", str(self.pgdata / "log"), "restart")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-w", "-m", mode, "stop")
+
+    def start(self) -> None:
+        """Start the server after stop(). `restart` of a stopped server starts it, and with the
+        options it last ran with, which `start` would not know."""
+        self.pg_ctl("-w", "-l", str(self.pgdata / "log"), "restart")
+
+
+def count(url: str, query: str, params: list[Any] | None = None) -> int | None:
+    """One number from a fresh connection; None while the server is away."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute(query, params).fetchone()
+    except psycopg.OperationalError:
+        return None
+    assert row is not None
+    return int(row[0])
 
 
 @contextmanager

@@ -4,24 +4,19 @@ never the machine's shared server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from pgserver._commands import POSTGRES_BIN_PATH
-from support import Received, env_without_outbox, running_receiver, stop, wait_until
-
-from outbox.db import connect, migrate
+from support import Received, running_receiver, stop, wait_until
 
 from . import (
+    Server,
     add_contacts,
     add_endpoint,
+    count,
     delivery_counts,
     duplicates,
     log_lines,
@@ -33,58 +28,6 @@ pytestmark = pytest.mark.slow
 BACKLOG = 1000
 
 
-@dataclass(frozen=True)
-class Server:
-    """A dedicated embedded PostgreSQL that this test may restart."""
-
-    url: str
-    pgdata: Path
-
-    def pg_ctl(self, *args: str) -> None:
-        """Run pg_ctl on this server as the user it runs as (pgserver's `pgserver` under root)."""
-        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args]
-        user = "pgserver" if os.geteuid() == 0 else None
-        # pg_ctl's server inherits its output handles, so they are files, not pipes a
-        # subprocess.run could wait on for ever.
-        with tempfile.TemporaryFile() as out:
-            done = subprocess.run(
-                command, stdout=out, stderr=out, user=user, timeout=60, check=False
-            )
-            out.seek(0)
-            output = out.read().decode(errors="replace")
-        assert done.returncode == 0, f"pg_ctl {' '.join(args)} failed: {output}"
-
-    def restart(self) -> None:
-        # `restart` starts the server again with the options it last ran with (postmaster.opts:
-        # no TCP listener, the same socket directory), so its URI stays valid.
-        self.pg_ctl("-w", "-m", "fast", "-l", str(self.pgdata / "log"), "restart")
-
-    def stop(self) -> None:
-        self.pg_ctl("-w", "-m", "fast", "stop")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    pgdata = tmp_path / "pgdata"
-    dedicated = Server(connect.start_embedded(pgdata), pgdata.resolve())
-    try:
-        migrate.migrate(dedicated.url)
-        yield dedicated
-    finally:
-        dedicated.stop()
-
-
-def count(url: str, query: str) -> int | None:
-    """One number from a fresh connection; None while the server is away."""
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute(query).fetchone()
-    except psycopg.OperationalError:
-        return None
-    assert row is not None
-    return int(row[0])
-
-
 def delivered(url: str) -> int | None:
     return count(url, "select count(*) from outbox.deliveries where status = 'delivered'")
 
@@ -94,15 +37,10 @@ def slow_ok(_: Received) -> tuple[int, bytes, float]:
 
 
 def test_relay_survives_a_database_restart_mid_stream(
-    server: Server, tmp_path: Path, record_property: Callable[[str, object], None]
+    dedicated_server: Server, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    env = {
-        **env_without_outbox(),
-        "DATABASE_URL": server.url,
-        "OUTBOX_ALLOW_PRIVATE_NETWORKS": "1",
-        "OUTBOX_LOG_FORMAT": "json",
-        "PYTHONUNBUFFERED": "1",
-    }
+    server = dedicated_server
+    env = server.env
     log = tmp_path / "relay.log"
     with running_receiver(default=slow_ok) as receiver:
         with psycopg.connect(server.url, autocommit=True) as conn:
