@@ -1,0 +1,153 @@
+-- Capture writes the same data whatever the writer's session: ranges ignore DateStyle.
+--
+-- 0008 switches TimeZone, IntervalStyle, bytea_output and extra_float_digits for the capture
+-- statement, since to_jsonb() writes intervals, bytea and floats with their output functions. A
+-- range (daterange, tstzrange, ...) is written with its output function too, and dates and
+-- timestamps inside it follow DateStyle: '[2024-01-15,2024-02-01)' under ISO became
+-- '[15.01.2024,01.02.2024)' under German. DateStyle is switched to ISO the same way.
+
+do $migration$
+declare
+    -- The event's data must not depend on the writer's session: timestamps in UTC (TimeZone),
+    -- dates inside ranges in ISO (DateStyle), intervals as 'postgres' style, bytea as hex, floats
+    -- shortest-exact (extra_float_digits above 0). A setting that differs is switched for the
+    -- statement and put back after it (set_config(..., true) is transaction-local, and undone
+    -- with the statement if it fails).
+    template constant text := $template$
+create or replace function outbox.%1$I() returns trigger
+language plpgsql as $function$
+declare
+    zone text := current_setting('TimeZone');
+    dates text := current_setting('DateStyle');
+    style text := current_setting('IntervalStyle');
+    bytes text := current_setting('bytea_output');
+    digits text := current_setting('extra_float_digits');
+begin
+    if zone in ('UTC', 'Etc/UTC', 'UCT', 'Etc/UCT', 'GMT', 'Etc/GMT', 'Universal', 'Zulu') then
+        zone := null;
+    else
+        perform set_config('TimeZone', 'UTC', true);
+    end if;
+    -- DateStyle is 'ISO, MDY' and such: the output format, then the input order it leaves as is.
+    if starts_with(dates, 'ISO') then
+        dates := null;
+    else
+        perform set_config('DateStyle', 'ISO', true);
+    end if;
+    if style = 'postgres' then
+        style := null;
+    else
+        perform set_config('IntervalStyle', 'postgres', true);
+    end if;
+    if bytes = 'hex' then
+        bytes := null;
+    else
+        perform set_config('bytea_output', 'hex', true);
+    end if;
+    if digits::integer > 0 then
+        digits := null;
+    else
+        perform set_config('extra_float_digits', '1', true);
+    end if;
+    %2$s;
+    if zone is not null then
+        perform set_config('TimeZone', zone, true);
+    end if;
+    if dates is not null then
+        perform set_config('DateStyle', dates, true);
+    end if;
+    if style is not null then
+        perform set_config('IntervalStyle', style, true);
+    end if;
+    if bytes is not null then
+        perform set_config('bytea_output', bytes, true);
+    end if;
+    if digits is not null then
+        perform set_config('extra_float_digits', digits, true);
+    end if;
+    return null;
+end
+$function$;
+$template$;
+    -- Old and new rows paired by primary key (%1$s, an expression); %2$s: the account column.
+    -- A full join: a row whose key the UPDATE changed has no partner, and is a deletion of the old
+    -- key and a creation of the new one (an old row whose key another row took in the same
+    -- statement pairs with that row, as an update of the key).
+    changed constant text := $changed$
+            select n.j as new_row, o.j as old_row,
+                   n.j ->> %2$s as account, o.j ->> %2$s as old_account,
+                   (select jsonb_object_agg(was.key, was.value)
+                    from jsonb_each(o.j) was
+                    where was.value is distinct from n.j -> was.key) as previous
+            from (select to_jsonb(r) as j from new_rows r) n
+            full join (select to_jsonb(r) as j from old_rows r) o
+              on n.j -> %1$s = o.j -> %1$s$changed$;
+    -- A pair that is an update within one account.
+    same constant text := $same$c.new_row is not null and c.old_row is not null
+          and c.previous is not null and c.account is not distinct from c.old_account$same$;
+    -- The events of a changed key, or of a row moved between accounts; %1$s is the entity.
+    moved constant text := $moved$
+    union all
+    select %1$s || '.deleted', c.old_row, null::jsonb, c.old_account, 8
+    where c.old_row is not null and (c.new_row is null or c.account is distinct from c.old_account)
+    union all
+    select %1$s || '.created', c.new_row, null::jsonb, c.account, 9
+    where c.new_row is not null and (c.old_row is null or c.account is distinct from c.old_account)$moved$;
+begin
+    -- tg_argv: [0] event type, [1] account column
+    execute format(template, 'capture_insert', $s$
+    insert into outbox.events (type, data, account_id)
+    select tg_argv[0], r.j, r.j ->> tg_argv[1]
+    from (select to_jsonb(r) as j from new_rows r) r$s$);
+    execute format(template, 'capture_delete', $s$
+    insert into outbox.events (type, data, account_id)
+    select tg_argv[0], r.j, r.j ->> tg_argv[1]
+    from (select to_jsonb(r) as j from old_rows r) r$s$);
+    -- tg_argv: [0] event type, [1] primary-key column, [2] account column
+    execute format(template, 'capture_update', format($s$
+    insert into outbox.events (type, data, previous_attributes, account_id)
+    select t.type, t.data, t.previous, t.account
+    from (%s
+    ) c
+    cross join lateral (
+        select tg_argv[0] as type, c.new_row as data, c.previous, c.account, 1 as ord
+        where %s%s
+    ) t
+    order by coalesce(c.new_row, c.old_row) -> tg_argv[1], t.ord$s$,
+        format(changed, 'tg_argv[1]', 'tg_argv[2]'), same,
+        format(moved, 'split_part(tg_argv[0], ''.'', 1)')));
+    -- tg_argv: [0] account column
+    execute format(template, 'capture_deal_update', format($s$
+    insert into outbox.events (type, data, previous_attributes, account_id)
+    select t.type, t.data, t.previous, t.account
+    from (%s
+    ) c
+    cross join lateral (
+        select 'deal.updated' as type, c.new_row as data, c.previous, c.account, 1 as ord
+        where %2$s
+        union all
+        select 'deal.stage_changed', c.new_row, c.previous, c.account, 2
+        where %2$s and c.previous ? 'stage'
+        union all
+        select 'deal.' || (c.new_row ->> 'stage'), c.new_row, c.previous, c.account, 3
+        where %2$s and c.previous ? 'stage'
+          and c.new_row ->> 'stage' in ('closed_won', 'closed_lost')%3$s
+    ) t
+    order by coalesce(c.new_row, c.old_row) -> 'id', t.ord$s$,
+        format(changed, '''id''', 'tg_argv[0]'), same, format(moved, '''deal''')));
+    execute format(template, 'capture_post_insert', $s$
+    insert into outbox.events (type, data, account_id)
+    select 'post.' || (r.j ->> 'status'), r.j, r.j ->> tg_argv[0]
+    from (select to_jsonb(r) as j from new_rows r) r
+    where r.j ->> 'status' in ('scheduled', 'published', 'failed')$s$);
+    -- A post's events go to the account it belongs to after the UPDATE.
+    execute format(template, 'capture_post_update', format($s$
+    insert into outbox.events (type, data, previous_attributes, account_id)
+    select 'post.' || (c.new_row ->> 'status'), c.new_row, c.previous, c.account
+    from (%s
+    ) c
+    where c.previous ? 'status'
+      and c.new_row ->> 'status' in ('scheduled', 'published', 'failed')$s$,
+        format(changed, '''id''', 'tg_argv[0]')));
+end
+$migration$;
