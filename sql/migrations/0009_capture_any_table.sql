@@ -1,10 +1,16 @@
--- Capture writes the same data whatever the writer's session: ranges ignore DateStyle.
+-- Capture takes the whole row of any table, and writes the same data whatever the writer's
+-- session.
 --
--- 0008 switches TimeZone, IntervalStyle, bytea_output and extra_float_digits for the capture
--- statement, since to_jsonb() writes intervals, bytea and floats with their output functions. A
--- range (daterange, tstzrange, ...) is written with its output function too, and dates and
--- timestamps inside it follow DateStyle: '[2024-01-15,2024-02-01)' under ISO became
--- '[15.01.2024,01.02.2024)' under German. DateStyle is switched to ISO the same way.
+-- 1. Ranges ignore DateStyle. 0008 switches TimeZone, IntervalStyle, bytea_output and
+--    extra_float_digits for the capture statement, since to_jsonb() writes intervals, bytea and
+--    floats with their output functions. A range (daterange, tstzrange, ...) is written with its
+--    output function too, and dates and timestamps inside it follow DateStyle:
+--    '[2024-01-15,2024-02-01)' under ISO became '[15.01.2024,01.02.2024)' under German.
+--    DateStyle is switched to ISO the same way.
+-- 2. The row is `r.*`, not `r`. In `select to_jsonb(r) from new_rows r` a column named r wins
+--    over the row alias: a table with such a column had that column's value captured as the
+--    event's data, and its INSERTs failed outright when the value was NULL (data is NOT NULL).
+--    `r.*` can only be the whole row.
 
 do $migration$
 declare
@@ -79,8 +85,8 @@ $template$;
                    (select jsonb_object_agg(was.key, was.value)
                     from jsonb_each(o.j) was
                     where was.value is distinct from n.j -> was.key) as previous
-            from (select to_jsonb(r) as j from new_rows r) n
-            full join (select to_jsonb(r) as j from old_rows r) o
+            from (select to_jsonb(r.*) as j from new_rows r) n
+            full join (select to_jsonb(r.*) as j from old_rows r) o
               on n.j -> %1$s = o.j -> %1$s$changed$;
     -- A pair that is an update within one account.
     same constant text := $same$c.new_row is not null and c.old_row is not null
@@ -98,11 +104,11 @@ begin
     execute format(template, 'capture_insert', $s$
     insert into outbox.events (type, data, account_id)
     select tg_argv[0], r.j, r.j ->> tg_argv[1]
-    from (select to_jsonb(r) as j from new_rows r) r$s$);
+    from (select to_jsonb(r.*) as j from new_rows r) r$s$);
     execute format(template, 'capture_delete', $s$
     insert into outbox.events (type, data, account_id)
     select tg_argv[0], r.j, r.j ->> tg_argv[1]
-    from (select to_jsonb(r) as j from old_rows r) r$s$);
+    from (select to_jsonb(r.*) as j from old_rows r) r$s$);
     -- tg_argv: [0] event type, [1] primary-key column, [2] account column
     execute format(template, 'capture_update', format($s$
     insert into outbox.events (type, data, previous_attributes, account_id)
@@ -138,7 +144,7 @@ begin
     execute format(template, 'capture_post_insert', $s$
     insert into outbox.events (type, data, account_id)
     select 'post.' || (r.j ->> 'status'), r.j, r.j ->> tg_argv[0]
-    from (select to_jsonb(r) as j from new_rows r) r
+    from (select to_jsonb(r.*) as j from new_rows r) r
     where r.j ->> 'status' in ('scheduled', 'published', 'failed')$s$);
     -- A post's events go to the account it belongs to after the UPDATE.
     execute format(template, 'capture_post_update', format($s$

@@ -265,3 +265,19 @@ def test_attach_needs_a_single_column_primary_key_to_capture_updates(conn: Conn)
         ("pair.created", {"a": 1, "b": 2}),
         ("pair.deleted", {"a": 1, "b": 3}),
     ]
+
+
+def test_attach_captures_the_whole_row_of_a_table_with_a_column_named_like_the_row(
+    conn: Conn,
+) -> None:
+    conn.execute("create table public.colors (id int primary key, r int, g int, b int)")
+    conn.execute("select outbox.attach('public.colors', 'color')")
+    conn.execute("insert into public.colors values (1, null, 128, 255)")
+    conn.execute("update public.colors set r = 7 where id = 1")
+    conn.execute("delete from public.colors")
+    events = drain(conn)
+    assert [(e["type"], e["data"], e["previous_attributes"]) for e in events] == [
+        ("color.created", {"id": 1, "r": None, "g": 128, "b": 255}, None),
+        ("color.updated", {"id": 1, "r": 7, "g": 128, "b": 255}, {"r": None}),
+        ("color.deleted", {"id": 1, "r": 7, "g": 128, "b": 255}, None),
+    ]
