@@ -157,3 +157,116 @@ begin
         format(changed, '''id''', 'tg_argv[0]')));
 end
 $migration$;
+
+-- attach() names each trigger so that it fits. Names were 'outbox_<schema>_<table>_<action>',
+-- and PostgreSQL cuts identifiers at 63 bytes: for a table name of 48 bytes or more in public,
+-- the three actions' names came out the same, each attach step dropped the trigger the step
+-- before had made, and only `deleted` was left capturing. The table part is now shortened until
+-- the action fits; and the triggers an earlier attach() made are found by their function, not
+-- by their name, so those cut names are replaced too.
+create or replace function outbox.attach(
+    target regclass,
+    entity text,
+    actions text[] default array['created', 'updated', 'deleted'],
+    account_column text default null
+) returns void
+language plpgsql as $$
+declare
+    pk_columns text[];
+    tbl text := target::text;
+    base text;
+    action text;
+    made record;
+    capture regproc;
+    name text;
+begin
+    -- Trigger names come from the catalog, not from target::text, whose schema prefix depends on
+    -- the caller's search_path: a second attach() must find and replace the same triggers.
+    select n.nspname || '_' || c.relname into base
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.oid = target;
+    if base like 'outbox\_%' then
+        raise exception 'outbox.attach(%): the outbox''s own tables cannot be attached', tbl
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if entity is null or entity !~ '^[a-z][a-z0-9_]*$' then
+        raise exception 'entity % must be lowercase letters, digits and underscores',
+                coalesce(quote_literal(entity), 'NULL')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if actions is null or cardinality(actions) = 0 then
+        raise exception 'actions must name at least one of created, updated, deleted'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    foreach action in array actions loop
+        if action is null or action not in ('created', 'updated', 'deleted') then
+            raise exception 'action % must be created, updated or deleted',
+                    coalesce(quote_literal(action), 'NULL')
+                using errcode = 'invalid_parameter_value';
+        end if;
+    end loop;
+    if account_column is not null and not exists (
+        select 1 from pg_attribute a
+        where a.attrelid = target and a.attname = account_column
+          and a.attnum > 0 and not a.attisdropped
+    ) then
+        raise exception 'outbox.attach(%): no column % to take the account from',
+                tbl, quote_ident(account_column)
+            using errcode = 'undefined_column';
+    end if;
+    select array_agg(a.attname order by a.attnum) into pk_columns
+    from pg_index i
+    join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+    where i.indrelid = target and i.indisprimary;
+    if 'updated' = any(actions) and coalesce(cardinality(pk_columns), 0) <> 1 then
+        raise exception 'outbox.attach(%) needs a single-column primary key to pair old and new rows',
+                tbl
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    -- A row whose key changes, or that moves to another account, is deleted and created.
+    if 'created' = any(actions) or 'updated' = any(actions) then
+        perform outbox.register_event_type(entity || '.created', 'New ' || entity || ' added');
+    end if;
+    if 'deleted' = any(actions) or 'updated' = any(actions) then
+        perform outbox.register_event_type(entity || '.deleted', entity || ' removed');
+    end if;
+    if 'updated' = any(actions) then
+        perform outbox.register_event_type(entity || '.updated', entity || ' modified');
+    end if;
+    foreach action in array array['created', 'updated', 'deleted'] loop
+        continue when not action = any(actions);
+        capture := case action when 'created' then 'outbox.capture_insert'::regproc
+                               when 'updated' then 'outbox.capture_update'::regproc
+                               else 'outbox.capture_delete'::regproc end;
+        for made in
+            select t.tgname from pg_trigger t
+            where t.tgrelid = target and not t.tgisinternal and t.tgfoid = capture
+        loop
+            execute format('drop trigger %I on %s', made.tgname, tbl);
+        end loop;
+        name := 'outbox_' || base;
+        while octet_length(name || '_' || action) > 63 loop
+            name := left(name, -1);
+        end loop;
+        name := name || '_' || action;
+        if action = 'created' then
+            execute format(
+                'create trigger %I after insert on %s referencing new table as new_rows '
+                'for each statement execute function outbox.capture_insert(%L, %L)',
+                name, tbl, entity || '.created', account_column);
+        elsif action = 'updated' then
+            execute format(
+                'create trigger %I after update on %s '
+                'referencing old table as old_rows new table as new_rows '
+                'for each statement execute function outbox.capture_update(%L, %L, %L)',
+                name, tbl, entity || '.updated', pk_columns[1], account_column);
+        else
+            execute format(
+                'create trigger %I after delete on %s referencing old table as old_rows '
+                'for each statement execute function outbox.capture_delete(%L, %L)',
+                name, tbl, entity || '.deleted', account_column);
+        end if;
+    end loop;
+end
+$$;

@@ -281,3 +281,17 @@ def test_attach_captures_the_whole_row_of_a_table_with_a_column_named_like_the_r
         ("color.updated", {"id": 1, "r": 7, "g": 128, "b": 255}, {"r": None}),
         ("color.deleted", {"id": 1, "r": 7, "g": 128, "b": 255}, None),
     ]
+
+
+def test_attach_captures_every_action_of_a_table_with_a_long_name(conn: Conn) -> None:
+    table = "public." + "subscription_billing_history_entry_" * 2  # 70 bytes, cut to 63
+    conn.execute(f"create table {table} (id int primary key, note text)")
+    conn.execute("select outbox.attach(%s, 'entry')", [table])
+    conn.execute("select outbox.attach(%s, 'entry')", [table])  # replaces, does not add
+    conn.execute(f"insert into {table} values (1, 'a')")
+    conn.execute(f"update {table} set note = 'b'")
+    conn.execute(f"delete from {table}")
+    assert types(drain(conn)) == ["entry.created", "entry.updated", "entry.deleted"]
+    conn.execute("select outbox.detach(%s)", [table])
+    conn.execute(f"insert into {table} values (2, 'c')")
+    assert drain(conn) == []
