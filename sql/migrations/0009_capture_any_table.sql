@@ -163,7 +163,9 @@ $migration$;
 -- the three actions' names came out the same, each attach step dropped the trigger the step
 -- before had made, and only `deleted` was left capturing. The table part is now shortened until
 -- the action fits; and the triggers an earlier attach() made are found by their function, not
--- by their name, so those cut names are replaced too.
+-- by their name, so those cut names are replaced too. And only the schema outbox holds the
+-- outbox's own tables: a table in a schema of the application's named outbox_archive or such was
+-- refused as one of them.
 create or replace function outbox.attach(
     target regclass,
     entity text,
@@ -179,13 +181,14 @@ declare
     made record;
     capture regproc;
     name text;
+    own boolean;
 begin
     -- Trigger names come from the catalog, not from target::text, whose schema prefix depends on
     -- the caller's search_path: a second attach() must find and replace the same triggers.
-    select n.nspname || '_' || c.relname into base
+    select n.nspname || '_' || c.relname, n.nspname = 'outbox' into base, own
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where c.oid = target;
-    if base like 'outbox\_%' then
+    if own then
         raise exception 'outbox.attach(%): the outbox''s own tables cannot be attached', tbl
             using errcode = 'invalid_parameter_value';
     end if;

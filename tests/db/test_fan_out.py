@@ -295,3 +295,13 @@ def test_attach_captures_every_action_of_a_table_with_a_long_name(conn: Conn) ->
     conn.execute("select outbox.detach(%s)", [table])
     conn.execute(f"insert into {table} values (2, 'c')")
     assert drain(conn) == []
+
+
+def test_attach_takes_a_table_in_a_schema_whose_name_starts_like_the_outbox(conn: Conn) -> None:
+    conn.execute("create schema outbox_archive")
+    conn.execute("create table outbox_archive.invoices (id int primary key, total int)")
+    conn.execute("select outbox.attach('outbox_archive.invoices', 'invoice')")
+    conn.execute("insert into outbox_archive.invoices values (1, 10)")
+    assert types(drain(conn)) == ["invoice.created"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="outbox's own tables"):
+        conn.execute("select outbox.attach('outbox.events', 'event')")
