@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -212,3 +213,16 @@ class NodeRoundtrip:
         self.process.stdin.close()
         self.process.wait(timeout=30)
         self.process.stdout.close()
+
+
+@contextmanager
+def node_roundtrip() -> Iterator[NodeRoundtrip | None]:
+    """A NodeRoundtrip while the block runs, or None where Node.js is not installed."""
+    if shutil.which("node") is None:
+        yield None
+        return
+    roundtrip = NodeRoundtrip()
+    try:
+        yield roundtrip
+    finally:
+        roundtrip.close()

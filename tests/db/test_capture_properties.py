@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,9 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
-from support import NodeRoundtrip
+from support import NodeRoundtrip, node_roundtrip
 
 from outbox import payload
+from tests.unit.jsontrees import numbers_fit_doubles
 
 from .captured import (
     Captured,
@@ -231,38 +230,12 @@ EPOCH = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[NodeRoundtrip | None]:
-    if shutil.which("node") is None:
-        yield None
-        return
-    roundtrip = NodeRoundtrip()
-    yield roundtrip
-    roundtrip.close()
+    with node_roundtrip() as roundtrip:
+        yield roundtrip
 
 
 def reject_constant(name: str) -> Any:
     raise AssertionError(f"{name} in captured data")
-
-
-def numbers_fit_doubles(text: str) -> bool:
-    """Whether every number in a JSON text is within what SPEC.md promises Node writes back byte
-    for byte: integers up to 2**53 and decimals within the double range (beyond, the body keeps
-    the exact digits, which JavaScript cannot hold)."""
-    fits = True
-
-    def decimal(literal: str) -> float:
-        nonlocal fits
-        value = float(literal)
-        fits = fits and math.isfinite(value)
-        return value
-
-    def integer(literal: str) -> int:
-        nonlocal fits
-        value = int(literal)
-        fits = fits and abs(value) <= 2**53
-        return value
-
-    json.loads(text, parse_int=integer, parse_float=decimal)
-    return fits
 
 
 def assert_portable(event: Captured, node: NodeRoundtrip | None) -> None:
