@@ -192,9 +192,9 @@ begin
         raise exception 'outbox.attach(%): the outbox''s own tables cannot be attached', tbl
             using errcode = 'invalid_parameter_value';
     end if;
-    if entity is null or entity !~ '^[a-z][a-z0-9_]*$' then
-        raise exception 'entity % must be lowercase letters, digits and underscores',
-                coalesce(quote_literal(entity), 'NULL')
+    if entity is null or entity !~ '^[a-z][a-z0-9_]{0,247}$' then
+        raise exception 'entity % must be at most 248 lowercase letters, digits and underscores',
+                coalesce(quote_literal(left(entity, 140)), 'NULL')
             using errcode = 'invalid_parameter_value';
     end if;
     if actions is null or cardinality(actions) = 0 then
@@ -271,5 +271,42 @@ begin
                 name, tbl, entity || '.deleted', account_column);
         end if;
     end loop;
+end
+$$;
+
+-- Event types are at most 256 characters. Longer names were taken until the primary key of
+-- outbox.event_types refused one ('index row size 3016 exceeds btree version 4 maximum 2704'),
+-- which is no way to tell a caller of emit() what was wrong. emit() and attach() now say so, and
+-- quote at most 140 characters of what they were given.
+alter table outbox.event_types
+    drop constraint event_type_name_format,
+    add constraint event_type_name_format
+        check (name ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$' and length(name) <= 256);
+
+create or replace function outbox.emit(event_type text, data jsonb, account text default null)
+returns text
+language plpgsql as $$
+declare
+    event_id text;
+begin
+    if event_type is null or event_type !~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}$'
+       or length(event_type) > 256 then
+        raise exception 'event type % must look like entity.action (lowercase, 2 to 4 dot-separated parts, at most 256 characters)',
+                coalesce(quote_literal(left(event_type, 140)), 'NULL')
+            using errcode = 'check_violation';
+    end if;
+    if data is null or jsonb_typeof(data) <> 'object' then
+        raise exception 'event data must be a JSON object' using errcode = 'check_violation';
+    end if;
+    if account !~ '^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$' then
+        raise exception 'account % must be 1 to 128 letters, digits or . _ : @ - (starting with a letter or digit)',
+                quote_literal(left(account, 140))
+            using errcode = 'check_violation';
+    end if;
+    perform outbox.register_event_type(event_type);
+    insert into outbox.events (type, data, account_id)
+    values (event_type, data, account)
+    returning id into event_id;
+    return event_id;
 end
 $$;

@@ -4,6 +4,8 @@ table."""
 
 from __future__ import annotations
 
+import random
+import string
 from typing import Any
 
 import psycopg
@@ -164,6 +166,23 @@ def test_emit_refuses_a_bad_type_or_non_object_data(conn: Conn) -> None:
     assert count(conn, "outbox.deliveries") == 0
     known = conn.execute("select count(*) from outbox.event_types where name like 'billing%'")
     assert known.fetchone() == (0,)
+
+
+def test_an_event_type_is_at_most_256_characters_and_a_longer_one_is_refused_in_words(
+    conn: Conn,
+) -> None:
+    # Random letters, which the index cannot compress: 3,000 of them were once refused by
+    # event_types' primary key ("index row size ... exceeds btree version 4 maximum 2704").
+    letters = "".join(random.Random(7).choices(string.ascii_lowercase, k=3000))
+    conn.execute("select outbox.emit(%s, '{}')", [letters[:254] + ".x"])
+    with pytest.raises(psycopg.errors.CheckViolation, match="at most 256 characters") as refused:
+        conn.execute("select outbox.emit(%s, '{}')", [letters + ".x"])
+    assert len(refused.value.diag.message_primary or "") < 300  # quotes 140 characters at most
+    conn.execute("create table public.notes (id int primary key)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 248"):
+        conn.execute("select outbox.attach('public.notes', %s)", [letters[:249]])
+    conn.execute("select outbox.attach('public.notes', %s)", [letters[:248]])
+    assert count(conn, "outbox.events") == 1
 
 
 # ---- attach / detach ---------------------------------------------------------------------------
