@@ -6,7 +6,9 @@ as the contract says, and detach() removes them."""
 
 from __future__ import annotations
 
+import random
 import re
+import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,11 @@ IDENTIFIERS = [
 identifiers = st.sampled_from(IDENTIFIERS) | st.text(
     st.characters(exclude_categories=["Cs", "Cc"]), min_size=1, max_size=20
 ).filter(lambda name: len(name.encode()) <= 63)
-ENTITIES = ["invoice", "line_item", "x9", "Invoice", "in voice", "", "9lives", "a.b", "é"]
+# Valid ones first; the last two are of 248 and 249 letters, either side of the limit.
+ENTITIES = [
+    *("invoice", "line_item", "x9", "Invoice", "in voice", "", "9lives", "a.b", "é"),
+    *("".join(random.Random(n).choices(string.ascii_lowercase, k=n)) for n in (248, 249)),
+]
 ACTIONS = ["created", "updated", "deleted"]
 SCHEMAS = ["public", "fresh", "Fresh Schema", "outbox_archive"]
 # Tables that exist already, and whether attach must take them (None: either answer is right).
@@ -216,7 +222,7 @@ def should_attach(conn: Conn, call: Call) -> bool | None:
     return (
         made.kind != "view"
         and call.entity is not None
-        and re.fullmatch(r"[a-z][a-z0-9_]*", call.entity) is not None
+        and re.fullmatch(r"[a-z][a-z0-9_]{0,247}", call.entity) is not None
         and len(actions) > 0
         and all(action in ACTIONS for action in actions)
         and (call.account is None or call.account in made.key + made.others)
