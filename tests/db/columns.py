@@ -197,6 +197,7 @@ def row_literal(fields: Iterable[str | None]) -> str:
 
 
 def range_literal(bounds: tuple[str | None, str | None], brackets: str) -> str:
+    """A range literal between quoted bounds (None is unbounded), such as '["a","b")'."""
     lower, upper = bounds
     return (
         brackets[0]
@@ -216,6 +217,7 @@ def _ranges(bounds: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 def nullable(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """The strategy's values, or NULL."""
     return st.none() | strategy
 
 
