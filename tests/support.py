@@ -1,10 +1,13 @@
-"""Test support: a recording HTTP receiver on loopback, run in its own thread, and small waits."""
+"""Test support: a recording HTTP receiver on loopback, run in its own thread, small waits, and a
+long-lived Node.js that says whether it writes a body back byte for byte."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -191,3 +195,45 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 def env_without_outbox() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+
+
+NODE_ROUNDTRIP = Path(__file__).parent / "node" / "roundtrip.js"
+
+
+class NodeRoundtrip:
+    """One long-lived `node roundtrip.js`: a body in, Node's verdict out."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            ["node", str(NODE_ROUNDTRIP)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
+    def verdict(self, body: bytes) -> str:
+        """ "1" when JSON.stringify(JSON.parse(body)) === body, else "0" and what Node wrote."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(base64.b64encode(body) + b"\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, "node exited early"
+        return line.rstrip(b"\n").decode("utf-8")
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+@contextmanager
+def node_roundtrip() -> Iterator[NodeRoundtrip | None]:
+    """A NodeRoundtrip while the block runs, or None where Node.js is not installed."""
+    if shutil.which("node") is None:
+        yield None
+        return
+    roundtrip = NodeRoundtrip()
+    try:
+        yield roundtrip
+    finally:
+        roundtrip.close()

@@ -4,6 +4,7 @@ did, counted, logged and handed to the observer."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,16 @@ BODIES_KEPT = 4096
 BODIES_KEPT_BYTES = 32 * 1_048_576
 
 
-class PayloadTooLargeError(ValueError):
+# What RFC 9110 forbids in a header value, and aiohttp refuses to send: control characters but
+# horizontal tab.
+_HEADER_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class UnsendableError(ValueError):
+    """An event that cannot be sent as it is, whatever the receiver; the message says why."""
+
+
+class PayloadTooLargeError(UnsendableError):
     """An event whose body is over OUTBOX_MAX_PAYLOAD_BYTES."""
 
 
@@ -170,7 +180,7 @@ class Attempts:
     def unsendable(self, c: Claimed, exc: Exception) -> Result:
         """The result of a delivery whose request cannot be made: the same event would fail the
         same way on every attempt, so it fails now, with the reason on record."""
-        reason = str(exc) if isinstance(exc, PayloadTooLargeError) else _describe(exc)
+        reason = str(exc) if isinstance(exc, UnsendableError) else _describe(exc)
         return self._conclude(c, self.clock(), "failed", 0.0, f"not sent: {reason}")
 
     def broken(self, c: Claimed, started: datetime, exc: Exception) -> Result:
@@ -206,6 +216,13 @@ class Attempts:
     def _body(self, c: Claimed) -> bytes:
         body = self._bodies.get(c.event_id)
         if body is None:
+            # Only a plain INSERT into outbox.events can write such a type (emit() and attach()
+            # take none); its X-Stover-Event-Type header would fail every attempt alike.
+            if _HEADER_FORBIDDEN.search(c.event_type):
+                raise UnsendableError(
+                    f"event type {c.event_type[:100]!r} holds a control character,"
+                    " which no HTTP header may carry"
+                )
             body = payload.render_event(
                 c.event_id, c.event_type, c.event_created_at, c.data_json, c.previous_json
             )

@@ -4,6 +4,8 @@ table."""
 
 from __future__ import annotations
 
+import random
+import string
 from typing import Any
 
 import psycopg
@@ -166,6 +168,23 @@ def test_emit_refuses_a_bad_type_or_non_object_data(conn: Conn) -> None:
     assert known.fetchone() == (0,)
 
 
+def test_an_event_type_is_at_most_256_characters_and_a_longer_one_is_refused_in_words(
+    conn: Conn,
+) -> None:
+    # Random letters, which the index cannot compress: 3,000 of them were once refused by
+    # event_types' primary key ("index row size ... exceeds btree version 4 maximum 2704").
+    letters = "".join(random.Random(7).choices(string.ascii_lowercase, k=3000))
+    conn.execute("select outbox.emit(%s, '{}')", [letters[:254] + ".x"])
+    with pytest.raises(psycopg.errors.CheckViolation, match="at most 256 characters") as refused:
+        conn.execute("select outbox.emit(%s, '{}')", [letters + ".x"])
+    assert len(refused.value.diag.message_primary or "") < 300  # quotes 140 characters at most
+    conn.execute("create table public.notes (id int primary key)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 248"):
+        conn.execute("select outbox.attach('public.notes', %s)", [letters[:249]])
+    conn.execute("select outbox.attach('public.notes', %s)", [letters[:248]])
+    assert count(conn, "outbox.events") == 1
+
+
 # ---- attach / detach ---------------------------------------------------------------------------
 
 
@@ -265,3 +284,43 @@ def test_attach_needs_a_single_column_primary_key_to_capture_updates(conn: Conn)
         ("pair.created", {"a": 1, "b": 2}),
         ("pair.deleted", {"a": 1, "b": 3}),
     ]
+
+
+def test_attach_captures_the_whole_row_of_a_table_with_a_column_named_like_the_row(
+    conn: Conn,
+) -> None:
+    conn.execute("create table public.colors (id int primary key, r int, g int, b int)")
+    conn.execute("select outbox.attach('public.colors', 'color')")
+    conn.execute("insert into public.colors values (1, null, 128, 255)")
+    conn.execute("update public.colors set r = 7 where id = 1")
+    conn.execute("delete from public.colors")
+    events = drain(conn)
+    assert [(e["type"], e["data"], e["previous_attributes"]) for e in events] == [
+        ("color.created", {"id": 1, "r": None, "g": 128, "b": 255}, None),
+        ("color.updated", {"id": 1, "r": 7, "g": 128, "b": 255}, {"r": None}),
+        ("color.deleted", {"id": 1, "r": 7, "g": 128, "b": 255}, None),
+    ]
+
+
+def test_attach_captures_every_action_of_a_table_with_a_long_name(conn: Conn) -> None:
+    table = "public." + "subscription_billing_history_entry_" * 2  # 70 bytes, cut to 63
+    conn.execute(f"create table {table} (id int primary key, note text)")
+    conn.execute("select outbox.attach(%s, 'entry')", [table])
+    conn.execute("select outbox.attach(%s, 'entry')", [table])  # replaces, does not add
+    conn.execute(f"insert into {table} values (1, 'a')")
+    conn.execute(f"update {table} set note = 'b'")
+    conn.execute(f"delete from {table}")
+    assert types(drain(conn)) == ["entry.created", "entry.updated", "entry.deleted"]
+    conn.execute("select outbox.detach(%s)", [table])
+    conn.execute(f"insert into {table} values (2, 'c')")
+    assert drain(conn) == []
+
+
+def test_attach_takes_a_table_in_a_schema_whose_name_starts_like_the_outbox(conn: Conn) -> None:
+    conn.execute("create schema outbox_archive")
+    conn.execute("create table outbox_archive.invoices (id int primary key, total int)")
+    conn.execute("select outbox.attach('outbox_archive.invoices', 'invoice')")
+    conn.execute("insert into outbox_archive.invoices values (1, 10)")
+    assert types(drain(conn)) == ["invoice.created"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="outbox's own tables"):
+        conn.execute("select outbox.attach('outbox.events', 'event')")

@@ -53,3 +53,30 @@ def test_odd_session_settings_change_nothing_in_the_data(conn: Conn, db_url: str
     assert rows[0][0]["i"] == "1 day 02:00:03.5"
     assert rows[0][0]["b"] == "\\x00ff10"
     assert rows[2][1] == {"f": 0.30000000000000004}
+
+
+def test_ranges_are_written_in_iso_whatever_the_writers_datestyle(conn: Conn, db_url: str) -> None:
+    conn.execute("create table public.stays (id int primary key, nights daterange, at tstzrange)")
+    conn.execute("select outbox.attach('public.stays', 'stay', array['created'])")
+    row = (
+        "insert into public.stays values (%s, '[2024-01-15,2024-02-01)',"
+        " '[2024-01-15 10:00+00,2024-01-16 10:00+00)')"
+    )
+    with psycopg.connect(db_url, autocommit=True) as writer:
+        for number, style in enumerate(["ISO, MDY", "German", "SQL, DMY", "Postgres, YMD"]):
+            writer.execute("select set_config('DateStyle', %s, false)", [style])
+            writer.execute(row, [number])
+        assert writer.execute("show DateStyle").fetchone() == ("Postgres, YMD",)
+    rows = conn.execute("select data - 'id' from outbox.events order by id").fetchall()
+    assert (
+        rows
+        == [
+            (
+                {
+                    "nights": "[2024-01-15,2024-02-01)",
+                    "at": '["2024-01-15 10:00:00+00","2024-01-16 10:00:00+00")',
+                },
+            )
+        ]
+        * 4
+    )

@@ -104,3 +104,26 @@ def test_a_malformed_payload_cap_is_one_line_naming_the_variable(value: str) -> 
     assert done.returncode != 0
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("outbox: error: OUTBOX_MAX_PAYLOAD_BYTES=")
+
+
+async def test_an_event_type_no_header_can_carry_fails_at_once(conn: Conn, db_url: str) -> None:
+    with receiving() as receiver:
+        add_endpoint(conn, receiver.url("/hook"))
+        poison = conn.execute(
+            "insert into outbox.events (type, data) values (%s, '{}') returning id",
+            ["invoice.paid\r\nX-Injected: 1"],
+        ).fetchone()
+        assert poison is not None
+        healthy = emit_one(conn)
+        async with running_relay(db_url, ladder=(0.0, 60.0)) as relay:
+            await drive(relay, lambda: len(receiver.requests) >= 1)
+            assert (await relay.run_once()).claimed == 0  # nothing comes back
+    rows = by_event(conn)
+    assert rows[healthy]["status"] == "delivered"
+    failed = rows[poison[0]]
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["last_error"] == (
+        "not sent: event type 'invoice.paid\\r\\nX-Injected: 1' holds a control character,"
+        " which no HTTP header may carry"
+    )
+    assert [r.headers["X-Stover-Event-Id"] for r in receiver.requests] == [healthy]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -86,6 +87,28 @@ moments = st.builds(
 
 def as_doubles(text: str) -> Any:
     return json.loads(text, parse_int=float)
+
+
+def numbers_fit_doubles(text: str) -> bool:
+    """Whether every number in a JSON text is within what SPEC.md promises Node writes back byte
+    for byte: integers up to 2**53 and decimals within the double range (beyond, the body keeps
+    the exact digits, which JavaScript cannot hold)."""
+    fits = True
+
+    def decimal(literal: str) -> float:
+        nonlocal fits
+        value = float(literal)
+        fits = fits and math.isfinite(value)
+        return value
+
+    def integer(literal: str) -> int:
+        nonlocal fits
+        value = int(literal)
+        fits = fits and abs(value) <= 2**53
+        return value
+
+    json.loads(text, parse_int=integer, parse_float=decimal)
+    return fits
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
+from support import NodeRoundtrip
 
 from outbox.payload import render_event
 from tests.unit.jsontrees import Event, as_doubles, events
@@ -20,34 +18,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
 ]
 
-SCRIPT = Path(__file__).parent.parent / "node" / "roundtrip.js"
 CREATED = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
-
-
-class NodeRoundtrip:
-    """One long-lived `node roundtrip.js`: a body in, Node's verdict out."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            ["node", str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-
-    def verdict(self, body: bytes) -> str:
-        """ "1" when JSON.stringify(JSON.parse(body)) === body, else "0" and what Node wrote."""
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(base64.b64encode(body) + b"\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, "node exited early"
-        return line.rstrip(b"\n").decode("utf-8")
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-        self.process.stdout.close()
 
 
 @pytest.fixture(scope="module")
