@@ -6,9 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from outbox import render, signing
+from outbox import netguard, render, signing
 from outbox.accounts import check_account
 from outbox.config import Settings
 from outbox.db import admin, connect
@@ -23,23 +22,11 @@ def mask(secret: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """The URL if it is an absolute http(s) URL a receiver can be reached at, else ConfigError."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError as exc:
-        raise ConfigError(f"endpoint URL {url!r} is malformed: {exc}") from None
-    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(
-            f"endpoint URL {url!r} is not an absolute http(s) URL; "
-            "use one such as https://example.com/webhooks"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise ConfigError(f"endpoint URL {url!r} contains spaces or control characters")
-    if "@" in parts.netloc:
-        raise ConfigError(f"endpoint URL {url!r} must not carry a user name or password")
-    if not port_ok:
-        raise ConfigError(f"endpoint URL {url!r} has port 0")
+    """The URL if the endpoint URL rule (the table's and the relay's) accepts it, else
+    ConfigError."""
+    problem = netguard.check_url(url)
+    if problem is not None:
+        raise ConfigError(f"endpoint URL is refused: {problem}")
     return url
 
 

@@ -1,0 +1,186 @@
+-- One rule, checked where input enters: what the tables accept, the relay can deliver. Rows
+-- written straight into the outbox's tables meet the checks the CLI's input meets.
+
+-- ---------------------------------------------------------------------------------------------
+-- The endpoint URL rule. Null when `url` is acceptable, else a one-line reason. The relay's
+-- Python (outbox.netguard.check_url) holds the same rule, step for step and word for word, and a
+-- property test compares the two on generated URLs, so a URL the table accepts is a URL the
+-- relay sends to, and the other way round. Reasons never quote the URL: it may carry a token.
+--
+-- The rule: at most 2,048 characters of RFC 3986's repertoire (letters, digits, -._~ and the
+-- delimiters :/?#[]@!$&'()*+,;=, with % only in %XX escapes, brackets only around an IPv6 host):
+-- an international name is written in its xn-- form and any other character percent-encoded, so
+-- the text stored is the text sent. Scheme http or https (any case), then //, a host and an
+-- optional port from 1 to 65535, and no userinfo. The host is an IPv6 literal in brackets
+-- (without a zone), or a name of labels of letters, digits, _ and - (at most 63 characters
+-- each, 253 in all, one trailing dot allowed) whose last label is not a number unless the whole
+-- name is a canonical dotted-quad IPv4 address (0x7f.1 and 2130706433 are other spellings of
+-- 127.0.0.1 that resolvers read as such).
+create function outbox.url_problem(url text) returns text
+language plpgsql immutable parallel safe as $$
+declare
+    -- RFC 3986's IPv6address: eight groups of 1 to 4 hex digits, or fewer around one "::"; the
+    -- last two groups may be written as a dotted-quad IPv4 address.
+    h16 constant text := '[0-9a-f]{1,4}';
+    octet constant text := '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+    ipv4 constant text := format('%1$s([.]%1$s){3}', octet);
+    ls32 constant text := format('(%1$s:%1$s|%2$s)', h16, ipv4);
+    ipv6 constant text := format(
+        '^((%1$s:){6}%2$s|::(%1$s:){5}%2$s|(%1$s)?::(%1$s:){4}%2$s'
+        '|((%1$s:){0,1}%1$s)?::(%1$s:){3}%2$s|((%1$s:){0,2}%1$s)?::(%1$s:){2}%2$s'
+        '|((%1$s:){0,3}%1$s)?::%1$s:%2$s|((%1$s:){0,4}%1$s)?::%2$s'
+        '|((%1$s:){0,5}%1$s)?::%1$s|((%1$s:){0,6}%1$s)?::)$', h16, ls32);
+    good integer;
+    scheme text;
+    after text;
+    authority text;
+    rest text;
+    host text;
+    port text;
+    bracketed boolean;
+    name text;
+begin
+    if url is null then
+        return 'URL is missing';
+    end if;
+    if length(url) > 2048 then
+        return 'URL is longer than 2048 characters';
+    end if;
+    -- The length of the longest acceptable prefix: where the first bad character stands.
+    good := length(substring(url from '^([][A-Za-z0-9._~:/?#@!$&''()*+,;=%-]*)'));
+    if good < length(url) then
+        return outbox.url_character_problem(url, good + 1);
+    end if;
+    good := length(substring(url from '^((?:[^%]|%[0-9A-Fa-f]{2})*)'));
+    if good < length(url) then
+        return format('URL has a %% at position %s that does not begin a %%XX escape', good + 1);
+    end if;
+    scheme := lower(substring(url from '^([A-Za-z][A-Za-z0-9+.-]*):'));
+    if scheme is null then
+        return 'not an absolute http(s) URL';
+    end if;
+    if scheme not in ('http', 'https') then
+        return format('not an absolute http(s) URL (scheme %s)',
+                      outbox.quoted(outbox.clipped(scheme, 20)));
+    end if;
+
+    -- The authority ends where yarl, the relay's parser, ends it: at the first /, ? or #.
+    after := substr(url, length(scheme) + 2);
+    if left(after, 2) <> '//' then
+        return 'missing host';
+    end if;
+    authority := substring(substr(after, 3) from '^([^/?#]*)');
+    rest := substr(after, 3 + length(authority));
+    if authority = '' then
+        return 'missing host';
+    end if;
+    if strpos(authority, '@') > 0 then
+        return 'userinfo (user:password@) is not allowed in the URL; send credentials another way';
+    end if;
+    bracketed := left(authority, 1) = '[';
+    if bracketed then
+        if strpos(authority, ']') = 0
+           or substr(authority, strpos(authority, ']') + 1, 1) not in ('', ':') then
+            return 'invalid IPv6 host: write it as [address] or [address]:port';
+        end if;
+        host := substr(authority, 2, strpos(authority, ']') - 2);
+        port := substr(authority, strpos(authority, ']') + 1);
+    else
+        host := split_part(authority, ':', 1);
+        port := substr(authority, length(host) + 1);
+    end if;
+    -- `port` is '' (none) or ':' and what follows.
+    if port <> '' then
+        port := substr(port, 2);
+        if port !~ '^[0-9]{1,5}$' then
+            return 'port must be a number from 1 to 65535';
+        end if;
+        if port::integer not between 1 and 65535 then
+            return 'port must be a number from 1 to 65535';
+        end if;
+    end if;
+    good := length(substring(rest from '^([^][]*)'));
+    if good < length(rest) then
+        return outbox.url_character_problem(url, length(url) - length(rest) + good + 1);
+    end if;
+
+    if bracketed then
+        if host !~* ipv6 then
+            return format('invalid IPv6 host %s', outbox.quoted(outbox.clipped(host, 100)));
+        end if;
+        return null;
+    end if;
+    if host = '' then
+        return 'missing host';
+    end if;
+    host := lower(host);
+    if host !~ '^[a-z0-9_-]+([.][a-z0-9_-]+)*[.]?$' then
+        return format('invalid host %s', outbox.quoted(outbox.clipped(host, 100)));
+    end if;
+    name := case when right(host, 1) = '.' then left(host, -1) else host end;
+    if length(name) > 253 then
+        return 'host name is longer than 253 characters';
+    end if;
+    if name ~ '[^.]{64}' then
+        return 'host name has a label longer than 63 characters';
+    end if;
+    if substring(name from '([^.]*)$') ~ '^(0x[0-9a-f]*|[0-9]+)$' and host !~ ('^' || ipv4 || '$') then
+        return format('host %s is not a canonical IPv4 address',
+                      outbox.quoted(outbox.clipped(host, 100)));
+    end if;
+    return null;
+end
+$$;
+
+-- The reason for a character a URL cannot hold, named by its code point and position.
+create function outbox.url_character_problem(url text, at integer) returns text
+language sql immutable parallel safe as $$
+    select format('URL has U+%s at position %s, which a URL cannot hold: percent-encode it',
+                  lpad(h, greatest(length(h), 4), '0'), at)
+    from (select upper(to_hex(ascii(substr(url, at, 1))))) c (h)
+$$;
+
+-- Text quoted as a literal, for reasons that name a value.
+create function outbox.quoted(value text) returns text
+language sql immutable parallel safe
+return '''' || replace(value, '''', '''''') || '''';
+
+-- At most `size` characters of `value`, an ellipsis marking a cut.
+create function outbox.clipped(value text, size integer) returns text
+language sql immutable parallel safe
+return case when length(value) <= size then value else left(value, size) || '…' end;
+
+-- ---------------------------------------------------------------------------------------------
+-- The endpoints' check: the URL rule above.
+create or replace function outbox.check_endpoint() returns trigger
+language plpgsql as $$
+declare
+    pattern text;
+    problem text := outbox.url_problem(new.url);
+begin
+    if problem is not null then
+        raise exception 'endpoint url is refused: %', problem
+            using errcode = 'check_violation',
+                  hint = 'Use a URL such as https://example.com/webhooks.';
+    end if;
+    if new.event_types is null or cardinality(new.event_types) = 0 then
+        raise exception 'endpoint must subscribe to at least one event type'
+            using errcode = 'check_violation',
+                  hint = 'Use ''*'' for every type, ''deal.*'' for a prefix, or exact types.';
+    end if;
+    foreach pattern in array new.event_types loop
+        if pattern is null or not exists (
+            select 1 from outbox.event_types t where outbox.type_matches(array[pattern], t.name)
+        ) then
+            raise exception 'event type % is not known and matches no known type',
+                    coalesce(quote_literal(pattern), 'NULL')
+                using errcode = 'check_violation',
+                      hint = 'List the types with: select name from outbox.event_types;';
+        end if;
+    end loop;
+    if tg_op = 'UPDATE' then
+        new.updated_at := now();
+    end if;
+    return new;
+end
+$$;
