@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 
+DESCRIPTION_LIMIT = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
 
 
@@ -28,6 +31,18 @@ def check_url(url: str) -> str:
     if problem is not None:
         raise ConfigError(f"endpoint URL is refused: {problem}")
     return url
+
+
+def check_description(text: str) -> str:
+    """The description if it is a line of at most 1,000 characters, else ConfigError: the
+    table's rule (outbox.description_problem) in the same words."""
+    if len(text) > DESCRIPTION_LIMIT:
+        problem = f"longer than {DESCRIPTION_LIMIT} characters"
+    elif _CONTROL.search(text):
+        problem = "it holds a control character (a line break, tab or escape code)"
+    else:
+        return text
+    raise ConfigError(f"--description is refused: {problem}")
 
 
 def parse_types(text: str, option: str = "--events") -> list[str]:
@@ -210,7 +225,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             conn,
             url=url,
             event_types=patterns,
-            description=args.description,
+            description=check_description(args.description),
             enabled=not args.disabled,
             secret=secret,
             account_id=account,

@@ -151,36 +151,107 @@ language sql immutable parallel safe
 return case when length(value) <= size then value else left(value, size) || '…' end;
 
 -- ---------------------------------------------------------------------------------------------
--- The endpoints' check: the URL rule above.
+-- Endpoints. The check refuses what the CLI refuses, with the same words: a URL the rule above
+-- refuses; event_types that are not a plain list of known types or patterns (an array of arrays
+-- was taken, and then `outbox endpoints list` failed for every endpoint); a description over
+-- 1,000 characters or holding control characters (newlines and escape codes included). Each
+-- value is checked when it is written, not when another column of its row changes: a relay
+-- disabling an endpoint, or an operator renaming it, is never refused for a URL written under
+-- an older rule.
 create or replace function outbox.check_endpoint() returns trigger
 language plpgsql as $$
 declare
     pattern text;
-    problem text := outbox.url_problem(new.url);
+    problem text;
 begin
-    if problem is not null then
-        raise exception 'endpoint url is refused: %', problem
-            using errcode = 'check_violation',
-                  hint = 'Use a URL such as https://example.com/webhooks.';
-    end if;
-    if new.event_types is null or cardinality(new.event_types) = 0 then
-        raise exception 'endpoint must subscribe to at least one event type'
-            using errcode = 'check_violation',
-                  hint = 'Use ''*'' for every type, ''deal.*'' for a prefix, or exact types.';
-    end if;
-    foreach pattern in array new.event_types loop
-        if pattern is null or not exists (
-            select 1 from outbox.event_types t where outbox.type_matches(array[pattern], t.name)
-        ) then
-            raise exception 'event type % is not known and matches no known type',
-                    coalesce(quote_literal(pattern), 'NULL')
+    if tg_op = 'INSERT' or new.url is distinct from old.url then
+        problem := outbox.url_problem(new.url);
+        if problem is not null then
+            raise exception 'endpoint url is refused: %', problem
                 using errcode = 'check_violation',
-                      hint = 'List the types with: select name from outbox.event_types;';
+                      hint = 'Use a URL such as https://example.com/webhooks.';
         end if;
-    end loop;
+    end if;
+    if tg_op = 'INSERT' or new.event_types is distinct from old.event_types then
+        if new.event_types is null or cardinality(new.event_types) = 0 then
+            raise exception 'endpoint must subscribe to at least one event type'
+                using errcode = 'check_violation',
+                      hint = 'Use ''*'' for every type, ''deal.*'' for a prefix, or exact types.';
+        end if;
+        if array_ndims(new.event_types) <> 1 or array_lower(new.event_types, 1) <> 1 then
+            raise exception 'event_types must be a plain list of types, not an array of arrays '
+                            'or one with bounds of its own'
+                using errcode = 'check_violation',
+                      hint = 'Write it as ''{deal.*,contact.created}''.';
+        end if;
+        foreach pattern in array new.event_types loop
+            if pattern is null or not exists (
+                select 1 from outbox.event_types t where outbox.type_matches(array[pattern], t.name)
+            ) then
+                raise exception 'event type % is not known and matches no known type',
+                        coalesce(quote_literal(pattern), 'NULL')
+                    using errcode = 'check_violation',
+                          hint = 'List the types with: select name from outbox.event_types;';
+            end if;
+        end loop;
+    end if;
+    if tg_op = 'INSERT' or new.description is distinct from old.description then
+        problem := outbox.description_problem(new.description);
+        if problem is not null then
+            raise exception 'endpoint description is refused: %', problem
+                using errcode = 'check_violation';
+        end if;
+    end if;
     if tg_op = 'UPDATE' then
         new.updated_at := now();
     end if;
     return new;
 end
 $$;
+
+-- Null when `description` is a note the CLI would take, else why not (outbox.commands'
+-- check_description holds the same rule).
+create function outbox.description_problem(description text) returns text
+language sql immutable parallel safe as $$
+    select case
+        when length(description) > 1000 then 'longer than 1000 characters'
+        when description ~ '[\u0001-\u001f\u007f-\u009f]' then
+            'it holds a control character (a line break, tab or escape code)'
+    end
+$$;
+
+-- Endpoints written before this migration with an array of arrays: the same patterns as a plain
+-- list (what fan-out matched them as; a NULL matched nothing), written while the check is off,
+-- so nothing else of the row is judged or touched.
+drop trigger endpoints_check on outbox.endpoints;
+update outbox.endpoints
+set event_types = array(select p from unnest(event_types) p where p is not null)
+where array_ndims(event_types) > 1 or array_lower(event_types, 1) <> 1
+   or array_position(event_types, null) is not null;
+create trigger endpoints_check
+    before insert or update of url, event_types, description on outbox.endpoints
+    for each row execute function outbox.check_endpoint();
+-- The shape holds even for rows written with triggers off (session_replication_role = replica),
+-- so listings can rely on a list of strings.
+alter table outbox.endpoints add constraint endpoint_event_types_list
+    check (array_ndims(event_types) = 1 and array_lower(event_types, 1) = 1
+           and array_position(event_types, null) is null);
+
+-- ---------------------------------------------------------------------------------------------
+-- Events written straight into outbox.events meet what outbox.emit() requires: a type shaped
+-- like entity.action (its header X-Stover-Event-Type and the types endpoints subscribe to), and
+-- data, and previous_attributes when present, JSON objects (the payload's "data" is the row).
+-- Domains, not table constraints: a domain's check is parsed once per session, a table's on
+-- every statement that writes the table (0005). NOT VALID: events are never updated, and rows
+-- written before keep their values; changing the columns' types to the bare domains first
+-- rewrites and scans nothing.
+create domain outbox.event_type as text;
+create domain outbox.json_object as jsonb;
+alter table outbox.events
+    alter column type type outbox.event_type,
+    alter column data type outbox.json_object,
+    alter column previous_attributes type outbox.json_object;
+alter domain outbox.event_type add constraint event_type_format
+    check (value ~ '^[a-z][a-z0-9_]*([.][a-z][a-z0-9_]*){1,3}$') not valid;
+alter domain outbox.json_object add constraint json_object_only
+    check (jsonb_typeof(value) = 'object') not valid;

@@ -179,3 +179,112 @@ def test_delivery_status_outside_the_list_is_refused(conn: Conn) -> None:
         conn.execute("update outbox.deliveries set status = 'bogus'")
     row = conn.execute("select status from outbox.deliveries").fetchone()
     assert row == ("pending",)
+
+
+# -- what a direct write can no longer put in ------------------------------------------------------
+
+NOT_A_LIST = ["{{deal.created,deal.updated}}", "{{*}}", "[5:5]={deal.created}"]
+PLAIN_LIST = "event_types must be a plain list of types"
+
+
+@pytest.mark.parametrize("types", NOT_A_LIST)
+def test_event_types_must_be_a_plain_list(conn: Conn, types: str) -> None:
+    endpoint_id = add_endpoint(conn)
+    with pytest.raises(Check, match=PLAIN_LIST):
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types) values ('https://example.com', %s)",
+            [types],
+        )
+    with pytest.raises(Check, match=PLAIN_LIST):
+        conn.execute(
+            "update outbox.endpoints set event_types = %s where id = %s", [types, endpoint_id]
+        )
+    assert conn.execute("select event_types from outbox.endpoints").fetchall() == [(["*"],)]
+
+
+def test_event_types_keep_their_shape_with_the_checks_off(conn: Conn) -> None:
+    # A restore or a replica writes rows with triggers off; the shape is a table constraint.
+    conn.execute("set session_replication_role = replica")
+    for types in [*NOT_A_LIST, "{deal.created,NULL}"]:
+        with pytest.raises(Check, match="endpoint_event_types_list"):
+            conn.execute(
+                "insert into outbox.endpoints (url, event_types)"
+                " values ('https://example.com', %s)",
+                [types],
+            )
+
+
+BAD_DESCRIPTIONS = [
+    ("line\nbreak", "control character"),
+    ("tab\there", "control character"),
+    ("\x1b[31mred", "control character"),
+    ("c1\x85", "control character"),
+    ("x" * 1001, "longer than 1000 characters"),
+]
+
+
+@pytest.mark.parametrize(("description", "reason"), BAD_DESCRIPTIONS)
+def test_description_is_a_line_of_text(conn: Conn, description: str, reason: str) -> None:
+    endpoint_id = add_endpoint(conn)
+    message = f"endpoint description is refused: .*{reason}"
+    with pytest.raises(Check, match=message):
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types, description)"
+            " values ('https://example.com', '{*}', %s)",
+            [description],
+        )
+    with pytest.raises(Check, match=message):
+        conn.execute(
+            "update outbox.endpoints set description = %s where id = %s",
+            [description, endpoint_id],
+        )
+    for fine in ("x" * 1000, "Zoë's CRM — ops ✓", ""):
+        conn.execute(
+            "update outbox.endpoints set description = %s where id = %s", [fine, endpoint_id]
+        )
+
+
+def test_a_value_is_judged_when_written_not_when_its_row_changes(conn: Conn) -> None:
+    # A row from before the rules (written here with the check off): switching it off, as the
+    # relay does on a 410, or re-describing it, does not judge its URL or description again.
+    conn.execute("alter table outbox.endpoints disable trigger endpoints_check")
+    endpoint_id = add_endpoint(conn, url="http://0x7f.1/")
+    conn.execute(
+        "update outbox.endpoints set description = 'two\nlines' where id = %s", [endpoint_id]
+    )
+    conn.execute("alter table outbox.endpoints enable trigger endpoints_check")
+
+    conn.execute("update outbox.endpoints set enabled = false where id = %s", [endpoint_id])
+    conn.execute("update outbox.endpoints set description = 'gone' where id = %s", [endpoint_id])
+    with pytest.raises(Check, match="not a canonical IPv4 address"):
+        conn.execute(
+            "update outbox.endpoints set url = 'http://0x7f.2/' where id = %s", [endpoint_id]
+        )
+
+
+BAD_EVENTS = [
+    ("Deal.Created", '{"id": 1}', None, "event_type_format"),
+    ("deal", '{"id": 1}', None, "event_type_format"),
+    ("deal.created\nX-Injected: 1", '{"id": 1}', None, "event_type_format"),
+    ("", '{"id": 1}', None, "event_type_format"),
+    ("deal.created", "[1, 2]", None, "json_object_only"),
+    ("deal.created", '"text"', None, "json_object_only"),
+    ("deal.created", "null", None, "json_object_only"),
+    ("deal.created", '{"id": 1}', "[]", "json_object_only"),
+]
+
+
+@pytest.mark.parametrize(("event_type", "data", "previous", "constraint"), BAD_EVENTS)
+def test_an_event_inserted_directly_meets_what_emit_requires(
+    conn: Conn, event_type: str, data: str, previous: str | None, constraint: str
+) -> None:
+    with pytest.raises(Check, match=constraint):
+        conn.execute(
+            "insert into outbox.events (type, data, previous_attributes) values (%s, %s, %s)",
+            [event_type, data, previous],
+        )
+    conn.execute(
+        "insert into outbox.events (type, data, previous_attributes)"
+        " values ('invoice.paid', '{}', '{\"n\": 1}'), ('a.b.c.d', '{\"n\": 2}', null)"
+    )
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)

@@ -135,3 +135,37 @@ def test_an_upgrade_to_accounts_leaves_a_single_account_installation_as_it_was(
         ).fetchone()
         assert per_event == (4, 4, 0)
     assert len(receiver.requests) == 4
+
+
+def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    migrate.migrate(empty_db_url, folder=_migrations_up_to(tmp_path, 8))
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        nested = conn.execute(
+            "insert into outbox.endpoints (url, event_types, description) values"
+            " ('http://0x7f.1/', '{{deal.created,deal.updated}}', e'two\\nlines') returning id"
+        ).fetchone()
+        conn.execute("insert into outbox.events (type, data) values ('Odd Type', '[1]')")
+
+        migrate.migrate(empty_db_url)
+
+        # The array of arrays is the list fan-out matched; the rest of the row is as it was.
+        row = conn.execute(
+            "select url, event_types, description from outbox.endpoints where id = %s", nested
+        ).fetchone()
+        assert row == ("http://0x7f.1/", ["deal.created", "deal.updated"], "two\nlines")
+        assert conn.execute("select type, data from outbox.events").fetchall() == [
+            ("Odd Type", [1])
+        ]
+        listed = subprocess.run(
+            [sys.executable, "-m", "outbox", "endpoints", "list", "--json"],
+            env={**env_without_outbox(), "DATABASE_URL": empty_db_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert listed.returncode == 0, listed.stderr
+    [endpoint] = json.loads(listed.stdout)
+    assert endpoint["event_types"] == ["deal.created", "deal.updated"]
