@@ -10,6 +10,7 @@ from typing import Any
 
 from outbox import netguard, render, signing
 from outbox.accounts import check_account
+from outbox.commands import TYPE_PATTERN, argument, endpoint_id, event_type, shown
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
@@ -46,10 +47,19 @@ def check_description(text: str) -> str:
 
 
 def parse_types(text: str, option: str = "--events") -> list[str]:
-    """Split a comma-separated list of type patterns, dropping repeats; empty entries are errors."""
+    """Split a comma-separated list of type patterns, dropping repeats; empty or malformed
+    entries are errors (whether each names a known type is check_types's question)."""
     patterns = [part.strip() for part in text.split(",")]
     if any(not p for p in patterns):
-        raise ConfigError(f"{option} {text!r} has an empty entry; give types such as deal.*,post.*")
+        raise ConfigError(
+            f"{option} {shown(text)} has an empty entry; give types such as deal.*,post.*"
+        )
+    for pattern in patterns:
+        if not TYPE_PATTERN.fullmatch(pattern):
+            raise ConfigError(
+                f"{option}: {shown(pattern)} is not an event type such as deal.created, "
+                "a prefix such as deal.* or *"
+            )
     return list(dict.fromkeys(patterns))
 
 
@@ -75,7 +85,13 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint_id(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("endpoint_id", metavar="ID", help="endpoint id (ep_…)")
+    parser.add_argument("endpoint_id", metavar="ID", type=endpoint_id, help="endpoint id (ep_…)")
+
+
+def _account(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--account", metavar="ID", type=argument(check_account), default=None, help=text
+    )
 
 
 def register(sub: Any) -> None:
@@ -99,15 +115,26 @@ def _register_create(actions: Any) -> None:
         description="Add an endpoint. Its id and signing secret are printed once: keep the "
         "secret now (`show --reveal-secret` is the only other way to see it).",
     )
-    create.add_argument("url", metavar="URL", help="absolute http(s) URL the events are POSTed to")
-    create.add_argument("--events", required=True, metavar="TYPES", help=TYPES_HELP)
-    create.add_argument("--description", default="", help="a note for people (default: none)")
+    create.add_argument(
+        "url",
+        metavar="URL",
+        type=argument(check_url),
+        help="absolute http(s) URL the events are POSTed to",
+    )
+    create.add_argument(
+        "--events", required=True, metavar="TYPES", type=argument(parse_types), help=TYPES_HELP
+    )
+    create.add_argument(
+        "--description",
+        default="",
+        type=argument(check_description),
+        help=f"a note for people, one line of at most {DESCRIPTION_LIMIT:,} characters "
+        "(default: none)",
+    )
     create.add_argument(
         "--disabled", action="store_true", help="create it switched off: no deliveries yet"
     )
-    create.add_argument(
-        "--account", metavar="ID", help="the account whose events it gets (default: none)"
-    )
+    _account(create, "the account whose events it gets (default: none)")
     create.add_argument(
         "--all-accounts",
         action="store_true",
@@ -120,7 +147,7 @@ def _register_reads(actions: Any) -> None:
     listing = actions.add_parser(
         "list", help="list endpoints", description="List endpoints with their backlog."
     )
-    listing.add_argument("--account", metavar="ID", help="only this account's endpoints")
+    _account(listing, "only this account's endpoints")
     _json_flag(listing)
 
     show = actions.add_parser("show", help="show one endpoint", description="Show one endpoint.")
@@ -167,7 +194,10 @@ def _register_changes(actions: Any) -> None:
     )
     _endpoint_id(test)
     test.add_argument(
-        "--type", default=None, help="event type to send (default: its first subscribed type)"
+        "--type",
+        type=event_type,
+        default=None,
+        help="a known event type to send (default: its first subscribed type)",
     )
 
 
@@ -188,19 +218,21 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
         known = admin.known_event_types(conn)
     if endpoint is None:
         raise _no_endpoint(args.endpoint_id)
-    event_type = args.type or next(
+    if args.type is not None and args.type not in known:
+        raise ConfigError(f"--type {args.type!r} is not a known event type")
+    sent_type = args.type or next(
         (t for t in known if any(type_matches(p, t) for p in endpoint.event_types)), known[0]
     )
     result = probe.send_test(
         endpoint.url,
         endpoint.secret,
-        event_type,
+        sent_type,
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
     verdict = f"HTTP {result.status_code}" if result.status_code is not None else "no answer"
     render.emit(
-        f"{event_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
+        f"{sent_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
         + (f" ({render.clean(result.error)})" if result.error else "")
     )
     if result.response_body:
@@ -209,13 +241,11 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _no_endpoint(endpoint_id: str) -> OutboxError:
-    return OutboxError(f"no endpoint with id {render.clean(endpoint_id)!r}")
+    return OutboxError(f"no endpoint with id {endpoint_id!r}")
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    url = check_url(args.url)
-    patterns = parse_types(args.events)
-    account = None if args.account is None else check_account(args.account)
+    account, patterns = args.account, args.events
     if account is not None and args.all_accounts:
         raise ConfigError("--account and --all-accounts exclude each other: give one of them")
     secret = signing.generate_secret()
@@ -223,9 +253,9 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         check_types(patterns, admin.known_event_types(conn))
         endpoint_id = admin.create_endpoint(
             conn,
-            url=url,
+            url=args.url,
             event_types=patterns,
-            description=check_description(args.description),
+            description=args.description,
             enabled=not args.disabled,
             secret=secret,
             account_id=account,
@@ -245,9 +275,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    account = None if args.account is None else check_account(args.account)
     with admin.session(_url(settings)) as conn:
-        endpoints = admin.list_endpoints(conn, account_id=account)
+        endpoints = admin.list_endpoints(conn, account_id=args.account)
     if args.json:
         render.emit_json(endpoints)
         return 0
