@@ -255,3 +255,38 @@ alter domain outbox.event_type add constraint event_type_format
     check (value ~ '^[a-z][a-z0-9_]*([.][a-z][a-z0-9_]*){1,3}$') not valid;
 alter domain outbox.json_object add constraint json_object_only
     check (jsonb_typeof(value) = 'object') not valid;
+
+-- ---------------------------------------------------------------------------------------------
+-- Moments the relay and the CLI can read. Python's datetime holds the years 1 to 9999; a day's
+-- margin at each end keeps every session time zone inside them. 'infinity' was taken: an event
+-- created at 'infinity' stopped every relay that claimed its delivery, and a pending delivery
+-- due at 'infinity' stopped every idle relay (its next wake-up could not be computed). The
+-- columns any role but the owner writes: events.created_at (writers), an endpoint's times and a
+-- delivery's next attempt and delivery time (a confined account redelivers its own).
+create domain outbox.moment as timestamptz;
+-- Rows written before: their moments brought inside the range, in the same order (a delivery
+-- parked at 'infinity' stays last, one at '-infinity' stays first). Events are never updated
+-- and keep theirs (NOT VALID below).
+update outbox.deliveries
+set next_attempt_at = least(greatest(next_attempt_at, '0001-01-02 00:00:00+00'),
+                            '9999-12-30 00:00:00+00'),
+    delivered_at = least(greatest(delivered_at, '0001-01-02 00:00:00+00'),
+                         '9999-12-30 00:00:00+00')
+where next_attempt_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00'
+   or delivered_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00';
+update outbox.endpoints
+set created_at = least(greatest(created_at, '0001-01-02 00:00:00+00'), '9999-12-30 00:00:00+00'),
+    updated_at = least(greatest(updated_at, '0001-01-02 00:00:00+00'), '9999-12-30 00:00:00+00')
+where created_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00'
+   or updated_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00';
+alter table outbox.events alter column created_at type outbox.moment;
+alter table outbox.endpoints
+    alter column created_at type outbox.moment,
+    alter column updated_at type outbox.moment;
+-- Rebuilds deliveries_pending_idx (an index with a predicate is not carried over a type change):
+-- about a second per million deliveries, during which relays wait.
+alter table outbox.deliveries
+    alter column next_attempt_at type outbox.moment,
+    alter column delivered_at type outbox.moment;
+alter domain outbox.moment add constraint moment_range
+    check (value >= '0001-01-02 00:00:00+00' and value < '9999-12-31 00:00:00+00') not valid;

@@ -288,3 +288,29 @@ def test_an_event_inserted_directly_meets_what_emit_requires(
         " values ('invoice.paid', '{}', '{\"n\": 1}'), ('a.b.c.d', '{\"n\": 2}', null)"
     )
     assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)
+
+
+# Values of timestamptz Python cannot hold (years 1 to 9999, in every time zone).
+UNREADABLE_MOMENTS = ["infinity", "-infinity", "0001-01-01 00:00 BC", "10000-01-01", "9999-12-31"]
+MOMENT_COLUMNS = [
+    ("events", "created_at"),
+    ("endpoints", "created_at"),
+    ("endpoints", "updated_at"),
+    ("deliveries", "next_attempt_at"),
+    ("deliveries", "delivered_at"),
+]
+
+
+@pytest.mark.parametrize(("table", "column"), MOMENT_COLUMNS)
+def test_moments_the_relay_cannot_read_are_refused(conn: Conn, table: str, column: str) -> None:
+    add_endpoint(conn)
+    conn.execute("insert into stover.companies (name) values ('Acme')")
+    fan_out(conn)
+    statement = f"update outbox.{table} set {column} = %s::timestamptz"
+    if table == "events":
+        statement = "insert into outbox.events (type, data, created_at) values ('a.b', '{}', %s)"
+    for moment in UNREADABLE_MOMENTS:
+        with pytest.raises(Check, match="moment_range"):
+            conn.execute(statement, [moment])
+    for moment in ["0001-01-02 00:00+00", "2024-01-15 10:30+00", "9999-12-30 23:59+00"]:
+        conn.execute(statement, [moment])

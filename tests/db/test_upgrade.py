@@ -4,6 +4,7 @@ the new version delivers what the old one left as well as what is written after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import psycopg
 from support import env_without_outbox, running_receiver
 
 from outbox.db import migrate
+from outbox.db.store import Store
 from outbox.sqlfiles import sql_dir
 
 from .rows import fan_out
@@ -137,6 +139,16 @@ def test_an_upgrade_to_accounts_leaves_a_single_account_installation_as_it_was(
     assert len(receiver.requests) == 4
 
 
+async def _next_due(url: str) -> float | None:
+    """What an idle relay asks before it sleeps."""
+    store = Store(url)
+    await store.open()
+    try:
+        return await store.next_due()
+    finally:
+        await store.close()
+
+
 def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
     empty_db_url: str, tmp_path: Path
 ) -> None:
@@ -147,6 +159,12 @@ def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
             " ('http://0x7f.1/', '{{deal.created,deal.updated}}', e'two\\nlines') returning id"
         ).fetchone()
         conn.execute("insert into outbox.events (type, data) values ('Odd Type', '[1]')")
+        # A delivery parked at 'infinity' stopped every idle relay under 0008.
+        conn.execute(
+            "insert into outbox.deliveries (event_id, endpoint_id, next_attempt_at)"
+            " values ('evt_parked', %s, 'infinity')",
+            nested,
+        )
 
         migrate.migrate(empty_db_url)
 
@@ -166,6 +184,13 @@ def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
             timeout=60,
             check=False,
         )
+        parked = conn.execute("select next_attempt_at::text from outbox.deliveries").fetchone()
+        relayed = _relay_once(empty_db_url)
+        due = asyncio.run(_next_due(empty_db_url))
     assert listed.returncode == 0, listed.stderr
     [endpoint] = json.loads(listed.stdout)
     assert endpoint["event_types"] == ["deal.created", "deal.updated"]
+    assert parked == ("9999-12-30 00:00:00+00",)  # still last, now a moment the relay can read
+    assert relayed["claimed"] == 0
+    assert due is not None
+    assert due > 1e9
