@@ -145,16 +145,22 @@ create function outbox.quoted(value text) returns text
 language sql immutable parallel safe
 return '''' || replace(value, '''', '''''') || '''';
 
+-- `value` with each character other than printable ASCII shown as ?, so a reason stays one line.
+create function outbox.printable(value text) returns text
+language sql immutable parallel safe
+return regexp_replace(value, '[^ -~]', '?', 'g');
+
 -- At most `size` characters of `value`, an ellipsis marking a cut.
 create function outbox.clipped(value text, size integer) returns text
 language sql immutable parallel safe
 return case when length(value) <= size then value else left(value, size) || '…' end;
 
 -- ---------------------------------------------------------------------------------------------
--- Endpoints. The check refuses what the CLI refuses, with the same words: a URL the rule above
--- refuses; event_types that are not a plain list of known types or patterns (an array of arrays
--- was taken, and then `outbox endpoints list` failed for every endpoint); a description over
--- 1,000 characters or holding control characters (newlines and escape codes included). Each
+-- Endpoints. The check refuses what the CLI refuses, with the same words: an id with spaces,
+-- controls or other than ASCII (the CLI could not name it); a URL the rule above refuses;
+-- event_types that are not a plain list of known types or patterns (an array of arrays was
+-- taken, and then `outbox endpoints list` failed for every endpoint); a description over 1,000
+-- characters or holding control characters (newlines and escape codes included). Each
 -- value is checked when it is written, not when another column of its row changes: a relay
 -- disabling an endpoint, or an operator renaming it, is never refused for a URL written under
 -- an older rule.
@@ -164,6 +170,13 @@ declare
     pattern text;
     problem text;
 begin
+    -- What the CLI takes as an endpoint id (the default ep_… always is).
+    if (tg_op = 'INSERT' or new.id is distinct from old.id)
+       and (new.id !~ '^[!-~]+$' or length(new.id) > 256) then
+        raise exception 'endpoint id % must be 1 to 256 printable ASCII characters without spaces',
+                outbox.quoted(outbox.printable(outbox.clipped(new.id, 60)))
+            using errcode = 'check_violation';
+    end if;
     if tg_op = 'INSERT' or new.url is distinct from old.url then
         problem := outbox.url_problem(new.url);
         if problem is not null then
@@ -189,7 +202,8 @@ begin
                 select 1 from outbox.event_types t where outbox.type_matches(array[pattern], t.name)
             ) then
                 raise exception 'event type % is not known and matches no known type',
-                        coalesce(quote_literal(pattern), 'NULL')
+                        coalesce(outbox.quoted(outbox.printable(outbox.clipped(pattern, 60))),
+                                 'NULL')
                     using errcode = 'check_violation',
                           hint = 'List the types with: select name from outbox.event_types;';
             end if;
@@ -229,7 +243,7 @@ set event_types = array(select p from unnest(event_types) p where p is not null)
 where array_ndims(event_types) > 1 or array_lower(event_types, 1) <> 1
    or array_position(event_types, null) is not null;
 create trigger endpoints_check
-    before insert or update of url, event_types, description on outbox.endpoints
+    before insert or update of id, url, event_types, description on outbox.endpoints
     for each row execute function outbox.check_endpoint();
 -- The shape holds even for rows written with triggers off (session_replication_role = replica),
 -- so listings can rely on a list of strings.

@@ -314,3 +314,25 @@ def test_moments_the_relay_cannot_read_are_refused(conn: Conn, table: str, colum
             conn.execute(statement, [moment])
     for moment in ["0001-01-02 00:00+00", "2024-01-15 10:30+00", "9999-12-30 23:59+00"]:
         conn.execute(statement, [moment])
+
+
+@pytest.mark.parametrize("endpoint_id", ["", "ep 1", "ep_1\n", "ép_1", "x" * 257])
+def test_an_endpoint_id_is_one_the_cli_can_name(conn: Conn, endpoint_id: str) -> None:
+    with pytest.raises(Check, match="endpoint id .* must be 1 to 256 printable ASCII"):
+        conn.execute(
+            "insert into outbox.endpoints (id, url, event_types)"
+            " values (%s, 'https://example.com', '{*}')",
+            [endpoint_id],
+        )
+    other = add_endpoint(conn)
+    with pytest.raises(Check, match="endpoint id"):
+        conn.execute("update outbox.endpoints set id = %s where id = %s", [endpoint_id, other])
+    conn.execute("update outbox.endpoints set id = 'ep_by-hand.1' where id = %s", [other])
+
+
+def test_a_refusal_that_names_the_value_is_one_line(conn: Conn) -> None:
+    with pytest.raises(Check) as refused:
+        add_endpoint(conn, types=["deal.created\nX-Injected: 1"])
+    assert refused.value.diag.message_primary == (
+        "event type 'deal.created?X-Injected: 1' is not known and matches no known type"
+    )
