@@ -281,11 +281,12 @@ create domain outbox.moment as timestamptz;
 -- Rows written before: their moments brought inside the range, in the same order (a delivery
 -- parked at 'infinity' stays last, one at '-infinity' stays first). Events are never updated
 -- and keep theirs (NOT VALID below).
+-- (greatest() and least() pass over a NULL, so NULL, "not yet", is kept apart.)
 update outbox.deliveries
-set next_attempt_at = least(greatest(next_attempt_at, '0001-01-02 00:00:00+00'),
-                            '9999-12-30 00:00:00+00'),
-    delivered_at = least(greatest(delivered_at, '0001-01-02 00:00:00+00'),
-                         '9999-12-30 00:00:00+00')
+set next_attempt_at = case when next_attempt_at is not null then
+        least(greatest(next_attempt_at, '0001-01-02 00:00:00+00'), '9999-12-30 00:00:00+00') end,
+    delivered_at = case when delivered_at is not null then
+        least(greatest(delivered_at, '0001-01-02 00:00:00+00'), '9999-12-30 00:00:00+00') end
 where next_attempt_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00'
    or delivered_at not between '0001-01-02 00:00:00+00' and '9999-12-30 00:00:00+00';
 update outbox.endpoints

@@ -318,7 +318,7 @@ def test_moments_the_relay_cannot_read_are_refused(conn: Conn, table: str, colum
 
 @pytest.mark.parametrize("endpoint_id", ["", "ep 1", "ep_1\n", "ép_1", "x" * 257])
 def test_an_endpoint_id_is_one_the_cli_can_name(conn: Conn, endpoint_id: str) -> None:
-    with pytest.raises(Check, match="endpoint id .* must be 1 to 256 printable ASCII"):
+    with pytest.raises(Check, match=r"endpoint id .* must be 1 to 256 printable ASCII"):
         conn.execute(
             "insert into outbox.endpoints (id, url, event_types)"
             " values (%s, 'https://example.com', '{*}')",

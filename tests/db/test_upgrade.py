@@ -165,6 +165,11 @@ def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
             " values ('evt_parked', %s, 'infinity')",
             nested,
         )
+        conn.execute(
+            "insert into outbox.deliveries (event_id, endpoint_id, status, delivered_at)"
+            " values ('evt_done', %s, 'delivered', '-infinity')",
+            nested,
+        )
 
         migrate.migrate(empty_db_url)
 
@@ -184,13 +189,20 @@ def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
             timeout=60,
             check=False,
         )
-        parked = conn.execute("select next_attempt_at::text from outbox.deliveries").fetchone()
+        parked = conn.execute(
+            "select next_attempt_at::text, delivered_at::text from outbox.deliveries"
+            " order by event_id desc"
+        ).fetchall()
         relayed = _relay_once(empty_db_url)
         due = asyncio.run(_next_due(empty_db_url))
     assert listed.returncode == 0, listed.stderr
     [endpoint] = json.loads(listed.stdout)
     assert endpoint["event_types"] == ["deal.created", "deal.updated"]
-    assert parked == ("9999-12-30 00:00:00+00",)  # still last, now a moment the relay can read
+    # Still last and first, now moments the relay can read; "not yet" is still NULL.
+    assert parked == [
+        ("9999-12-30 00:00:00+00", None),
+        (parked[1][0], "0001-01-02 00:00:00+00"),
+    ]
     assert relayed["claimed"] == 0
     assert due is not None
     assert due > 1e9
