@@ -267,6 +267,8 @@ BOUNDARIES = [
     *(f"http://example.com/{'a' * (size - 19)}" for size in [2048, 2049]),
     "http://@example.com/",
     "http://u@example.com/",
+    "http://xn--fsqu00a.xn--0zwm56d/hook",  # 例子.测试, as an ASCII URL writes it
+    "http://example.com/a%20b?q=%C3%A9&r=a@b!$'()*+,;=:~#f",
     "web+http.v-2://example.com/",
     # Strings to classify, never bound:
     *(f"http://{host}/" for host in ["0.0.0.0", "255.255.255.255", "256.0.0.1"]),  # noqa: S104

@@ -92,10 +92,7 @@ ACCEPTABLE_URLS = [
     "http://127.0.0.1:8080/hook",  # acceptable as a URL; whether it may be contacted is separate
     "http://[::1]:8080/hook",
     "http://[2606:4700::1111]/hook",
-    "http://xn--fsqu00a.xn--0zwm56d/hook",  # 例子.测试, as an ASCII URL writes it
     "http://under_score.example.com/",
-    "http://example.com/a%20b?q=%C3%A9&r=a@b!$'()*+,;=:~",
-    "http://[2001:db8::1.2.3.4]:65535/",
     "http://1password.com/",
     "http://example.123abc/",
 ]
