@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -28,8 +29,36 @@ _VERB_MODULE = {"redeliver": "deliveries", "replay": "deliveries"}
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit 2, like every other error here."""
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = sys.argv[1:] if args is None else list(args)
+        for position, word in enumerate(words, start=1):
+            problem = _unreadable(word)
+            if problem is not None:
+                self.error(f"argument {position} {problem}")
+        return super().parse_known_args(words, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # A check that names its option already ("--since 'x' is not…") needs no "argument
+        # --since: " before it.
+        message = re.sub(r"^argument (\S+): (?=\1\b)", "", message)
+        self.exit(2, f"outbox: error: {message}\n")
+
+
+def _unreadable(word: str) -> str | None:
+    """Why an argument cannot be read as text, if it cannot: its bytes are not UTF-8 (Python
+    hands them over as lone surrogates, which nothing later could print, store or send)."""
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = word.encode("utf-8", "surrogateescape")  # the bytes as they were given
+        except UnicodeEncodeError:
+            raw = word.encode("utf-8", "backslashreplace")
+        shown = raw if len(raw) <= 40 else raw[:40] + b"..."
+        return f"is not UTF-8 text: {shown!r}"
+    return None
 
 
 def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sys
@@ -17,7 +16,15 @@ from psycopg.conninfo import conninfo_to_dict
 from outbox.errors import ConfigError, hide, scrub
 
 DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
+# A rung longer than a month is no retry policy any receiver expects, and every rung must fit the
+# timestamp it is added to.
+MAX_RUNG = 30 * 86_400.0
 DEFAULT_TIMEOUT = 30.0
+# At least a second: an attempt needs a connection, often TLS, and an answer, and the relay looks
+# for overdue attempts every tenth of the timeout (at most every 0.1 s), so a tiny timeout would
+# keep an idle relay busy. At most an hour: the claim lease, and so the wait for a crashed relay's
+# deliveries, is the timeout plus 15 s.
+TIMEOUT_RANGE = (1.0, 3600.0)
 # 1 MiB: nginx's default client_max_body_size, the limit most receivers sit behind (Express's own
 # JSON parser stops at 100 kB). A body over the cap is a recorded failure, never a retry loop.
 DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
@@ -65,10 +72,10 @@ def parse_ladder(text: str) -> tuple[float, ...]:
             raise ConfigError(
                 f"OUTBOX_RETRY_LADDER={text!r} is malformed: {part!r} is not a number of seconds"
             ) from None
-        if not math.isfinite(value) or value < 0:
+        if not 0 <= value <= MAX_RUNG:
             raise ConfigError(
-                f"OUTBOX_RETRY_LADDER={text!r} is malformed: {part!r} must be a finite "
-                "number of seconds, 0 or more"
+                f"OUTBOX_RETRY_LADDER={text!r} is malformed: {part!r} must be from 0 to "
+                f"{MAX_RUNG:,.0f} seconds (30 days)"
             )
         rungs.append(value)
     if len(rungs) > 100:
@@ -77,13 +84,14 @@ def parse_ladder(text: str) -> tuple[float, ...]:
 
 
 def parse_timeout(text: str) -> float:
-    """Parse `OUTBOX_TIMEOUT`: positive seconds."""
+    """Parse `OUTBOX_TIMEOUT`: seconds within TIMEOUT_RANGE."""
+    low, high = TIMEOUT_RANGE
     try:
         value = float(text)
     except ValueError:
         raise ConfigError(f"OUTBOX_TIMEOUT={text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"OUTBOX_TIMEOUT={text!r} must be a positive number of seconds")
+    if not low <= value <= high:
+        raise ConfigError(f"OUTBOX_TIMEOUT={text!r} must be from {low:g} to {high:,.0f} seconds")
     return value
 
 
@@ -175,11 +183,42 @@ def parse_log_level(text: str) -> int:
     return level
 
 
+def _readable(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` once every variable the program reads is text: a value whose bytes are not UTF-8
+    reaches Python with lone surrogates, which no later step could print or send."""
+    for name, value in env.items():
+        if (name == "DATABASE_URL" or name.startswith("OUTBOX_")) and not _is_utf8(value):
+            raise ConfigError(f"{name} is not UTF-8 text; set it to text or unset it")
+    return env
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _database_url(env: Mapping[str, str]) -> str | None:
+    text = env.get("DATABASE_URL")
+    if text is None:
+        return None
+    if not text.strip():
+        # Empty is not unset: a deployment that meant to name its database must not run against
+        # an embedded one.
+        raise ConfigError(
+            "DATABASE_URL is set but empty; set it to a connection URI, or unset it to use the "
+            "embedded PostgreSQL"
+        )
+    return parse_database_url(text)
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from the environment (or the mapping given), failing with one line."""
-    env = os.environ if environ is None else environ
+    env = _readable(os.environ if environ is None else environ)
     return Settings(
-        database_url=parse_database_url(env["DATABASE_URL"]) if env.get("DATABASE_URL") else None,
+        database_url=_database_url(env),
         retry_ladder=parse_ladder(env.get("OUTBOX_RETRY_LADDER", "0,60,300,1800,7200")),
         timeout=parse_timeout(env.get("OUTBOX_TIMEOUT", "30")),
         allow_private_networks=parse_flag(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from outbox import render
 from outbox.accounts import check_account
-from outbox.commands import counting_up_to
+from outbox.commands import argument, counting_up_to, endpoint_id, shown, type_pattern
 from outbox.commands.endpoints import TYPES_HELP, check_types, parse_types
 from outbox.config import Settings
 from outbox.db import admin, connect
@@ -30,20 +32,21 @@ def parse_timestamp(text: str, option: str) -> datetime:
         value = datetime.fromisoformat(candidate)
     except ValueError:
         raise ConfigError(
-            f"{option} {text!r} is not an ISO 8601 timestamp such as 2024-01-15T10:30:00Z"
+            f"{option} {shown(text)} is not an ISO 8601 timestamp such as 2024-01-15T10:30:00Z"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def parse_delivery_id(text: str) -> int:
-    """A delivery id: a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    """A delivery id: a positive integer, in decimal digits."""
+    value = int(text) if re.fullmatch(r"[0-9]{1,19}", text) else 0
     if value <= 0 or value >= 2**63:
-        raise ConfigError(f"{text!r} is not a delivery id (a positive integer)")
+        raise ConfigError(f"{shown(text)} is not a delivery id (a positive integer)")
     return value
+
+
+def _timestamp(option: str) -> Callable[[str], datetime]:
+    return argument(lambda text: parse_timestamp(text, option))
 
 
 def register(sub: Any) -> None:
@@ -63,11 +66,18 @@ def _register_deliveries(sub: Any) -> None:
     listing = actions.add_parser(
         "list", help="list deliveries, newest first", description="List deliveries, newest first."
     )
-    listing.add_argument("--endpoint", metavar="ID", help="only this endpoint's deliveries")
-    listing.add_argument("--account", metavar="ID", help="only this account's deliveries")
+    listing.add_argument(
+        "--endpoint", metavar="ID", type=endpoint_id, help="only this endpoint's deliveries"
+    )
+    listing.add_argument(
+        "--account", metavar="ID", type=argument(check_account), help="only this account's"
+    )
     listing.add_argument("--status", choices=STATUSES, help="only deliveries in this state")
     listing.add_argument(
-        "--event-type", metavar="T", help="only this event type (deal.* and * work too)"
+        "--event-type",
+        metavar="T",
+        type=type_pattern,
+        help="only this event type (deal.* and * work too)",
     )
     listing.add_argument(
         "--limit",
@@ -82,7 +92,9 @@ def _register_deliveries(sub: Any) -> None:
         help="show a delivery and its attempts",
         description="Show a delivery, its event and every attempt with the start of each answer.",
     )
-    show.add_argument("delivery_id", metavar="ID", help="delivery id (a number)")
+    show.add_argument(
+        "delivery_id", metavar="ID", type=argument(parse_delivery_id), help="delivery id (a number)"
+    )
     show.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run)
 
@@ -95,12 +107,21 @@ def _register_redeliver(sub: Any) -> None:
         "from its first rung; attempt numbers keep counting up. Give delivery ids, or --failed "
         "for every failed delivery (narrowed by --endpoint and --since).",
     )
-    parser.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID", help="delivery ids")
+    parser.add_argument(
+        "delivery_ids",
+        nargs="*",
+        metavar="DELIVERY_ID",
+        type=argument(parse_delivery_id),
+        help="delivery ids",
+    )
     parser.add_argument("--failed", action="store_true", help="every failed delivery")
-    parser.add_argument("--endpoint", metavar="ID", help="with --failed: only this endpoint's")
+    parser.add_argument(
+        "--endpoint", metavar="ID", type=endpoint_id, help="with --failed: only this endpoint's"
+    )
     parser.add_argument(
         "--since",
         metavar="ISO",
+        type=_timestamp("--since"),
         help=f"with --failed: only those whose last attempt was at or after this ({ISO_HELP})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -115,16 +136,33 @@ def _register_replay(sub: Any) -> None:
         "it already had a delivery for are requeued (unless still pending), the others (it was "
         "created later, or disabled then) get a new delivery. One transaction.",
     )
-    parser.add_argument("--endpoint", required=True, metavar="ID", help="endpoint id (ep_…)")
     parser.add_argument(
-        "--account", metavar="ID", help="refuse unless the endpoint is this account's"
+        "--endpoint", required=True, metavar="ID", type=endpoint_id, help="endpoint id (ep_…)"
     )
     parser.add_argument(
-        "--since", required=True, metavar="ISO", help=f"events created at or after ({ISO_HELP})"
+        "--account",
+        metavar="ID",
+        type=argument(check_account),
+        help="refuse unless the endpoint is this account's",
     )
-    parser.add_argument("--until", metavar="ISO", help="events created before (default: now)")
     parser.add_argument(
-        "--types", metavar="PATTERNS", help=f"only these of its subscriptions: {TYPES_HELP}"
+        "--since",
+        required=True,
+        metavar="ISO",
+        type=_timestamp("--since"),
+        help=f"events created at or after ({ISO_HELP})",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="ISO",
+        type=_timestamp("--until"),
+        help="events created before (default: now)",
+    )
+    parser.add_argument(
+        "--types",
+        metavar="PATTERNS",
+        type=argument(lambda text: parse_types(text, "--types")),
+        help=f"only these of its subscriptions: {TYPES_HELP}",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(func=run_replay)
@@ -142,13 +180,12 @@ def _require_endpoint(conn: admin.Connection, endpoint_id: str | None) -> None:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    account = None if args.account is None else check_account(args.account)
     with admin.session(connect.resolve(settings).url) as conn:
         _require_endpoint(conn, args.endpoint)
         deliveries = admin.list_deliveries(
             conn,
             endpoint_id=args.endpoint,
-            account_id=account,
+            account_id=args.account,
             status=args.status,
             event_type=args.event_type,
             limit=args.limit,
@@ -192,7 +229,7 @@ def _last_result(status_code: int | None, error: str | None) -> str:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    delivery_id = parse_delivery_id(args.delivery_id)
+    delivery_id: int = args.delivery_id
     with admin.session(connect.resolve(settings).url) as conn:
         delivery = admin.get_delivery(conn, delivery_id)
         attempts = admin.list_attempts(conn, delivery_id) if delivery else []
@@ -257,10 +294,10 @@ def _wrapped(label: str, text: str) -> str:
 def run_redeliver(args: argparse.Namespace, settings: Settings) -> int:
     if args.failed == bool(args.delivery_ids):
         raise ConfigError("give delivery ids or --failed (one or the other)")
-    if not args.failed and (args.endpoint or args.since):
+    if not args.failed and (args.endpoint is not None or args.since is not None):
         raise ConfigError("--endpoint and --since go with --failed")
-    ids = [parse_delivery_id(text) for text in args.delivery_ids]
-    since = parse_timestamp(args.since, "--since") if args.since else None
+    ids: list[int] = args.delivery_ids
+    since: datetime | None = args.since
     with admin.session(connect.resolve(settings).url) as conn:
         if args.failed:
             _require_endpoint(conn, args.endpoint)
@@ -278,12 +315,12 @@ def run_redeliver(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    since = parse_timestamp(args.since, "--since")
-    until = parse_timestamp(args.until, "--until") if args.until else None
+    since: datetime = args.since
+    until: datetime | None = args.until
     if until is not None and until <= since:
-        raise ConfigError(f"--until {args.until!r} is not after --since {args.since!r}")
-    types = parse_types(args.types, "--types") if args.types else None
-    account = None if args.account is None else check_account(args.account)
+        raise ConfigError(f"--until {until.isoformat()} is not after --since {since.isoformat()}")
+    types: list[str] | None = args.types
+    account: str | None = args.account
     with admin.session(connect.resolve(settings).url) as conn:
         if types is not None:
             check_types(types, admin.known_event_types(conn), "--types")

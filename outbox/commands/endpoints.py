@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
-from outbox import render, signing
+from outbox import netguard, render, signing
 from outbox.accounts import check_account
+from outbox.commands import TYPE_PATTERN, argument, endpoint_id, event_type, shown
 from outbox.commands.prune import parse_age
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 
+DESCRIPTION_LIMIT = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
 
 
@@ -25,31 +28,40 @@ def mask(secret: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """The URL if it is an absolute http(s) URL a receiver can be reached at, else ConfigError."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError as exc:
-        raise ConfigError(f"endpoint URL {url!r} is malformed: {exc}") from None
-    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
-        raise ConfigError(
-            f"endpoint URL {url!r} is not an absolute http(s) URL; "
-            "use one such as https://example.com/webhooks"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise ConfigError(f"endpoint URL {url!r} contains spaces or control characters")
-    if "@" in parts.netloc:
-        raise ConfigError(f"endpoint URL {url!r} must not carry a user name or password")
-    if not port_ok:
-        raise ConfigError(f"endpoint URL {url!r} has port 0")
+    """The URL if the endpoint URL rule (the table's and the relay's) accepts it, else
+    ConfigError."""
+    problem = netguard.check_url(url)
+    if problem is not None:
+        raise ConfigError(f"endpoint URL is refused: {problem}")
     return url
 
 
+def check_description(text: str) -> str:
+    """The description if it is a line of at most 1,000 characters, else ConfigError: the
+    table's rule (outbox.description_problem) in the same words."""
+    if len(text) > DESCRIPTION_LIMIT:
+        problem = f"longer than {DESCRIPTION_LIMIT} characters"
+    elif _CONTROL.search(text):
+        problem = "it holds a control character (a line break, tab or escape code)"
+    else:
+        return text
+    raise ConfigError(f"--description is refused: {problem}")
+
+
 def parse_types(text: str, option: str = "--events") -> list[str]:
-    """Split a comma-separated list of type patterns, dropping repeats; empty entries are errors."""
+    """Split a comma-separated list of type patterns, dropping repeats; empty or malformed
+    entries are errors (whether each names a known type is check_types's question)."""
     patterns = [part.strip() for part in text.split(",")]
     if any(not p for p in patterns):
-        raise ConfigError(f"{option} {text!r} has an empty entry; give types such as deal.*,post.*")
+        raise ConfigError(
+            f"{option} {shown(text)} has an empty entry; give types such as deal.*,post.*"
+        )
+    for pattern in patterns:
+        if not TYPE_PATTERN.fullmatch(pattern):
+            raise ConfigError(
+                f"{option}: {shown(pattern)} is not an event type such as deal.created, "
+                "a prefix such as deal.* or *"
+            )
     return list(dict.fromkeys(patterns))
 
 
@@ -75,7 +87,13 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoint_id(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("endpoint_id", metavar="ID", help="endpoint id (ep_…)")
+    parser.add_argument("endpoint_id", metavar="ID", type=endpoint_id, help="endpoint id (ep_…)")
+
+
+def _account(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--account", metavar="ID", type=argument(check_account), default=None, help=text
+    )
 
 
 def register(sub: Any) -> None:
@@ -99,15 +117,26 @@ def _register_create(actions: Any) -> None:
         description="Add an endpoint. Its id and signing secret are printed once: keep the "
         "secret now (`show --reveal-secret` is the only other way to see it).",
     )
-    create.add_argument("url", metavar="URL", help="absolute http(s) URL the events are POSTed to")
-    create.add_argument("--events", required=True, metavar="TYPES", help=TYPES_HELP)
-    create.add_argument("--description", default="", help="a note for people (default: none)")
+    create.add_argument(
+        "url",
+        metavar="URL",
+        type=argument(check_url),
+        help="absolute http(s) URL the events are POSTed to",
+    )
+    create.add_argument(
+        "--events", required=True, metavar="TYPES", type=argument(parse_types), help=TYPES_HELP
+    )
+    create.add_argument(
+        "--description",
+        default="",
+        type=argument(check_description),
+        help=f"a note for people, one line of at most {DESCRIPTION_LIMIT:,} characters "
+        "(default: none)",
+    )
     create.add_argument(
         "--disabled", action="store_true", help="create it switched off: no deliveries yet"
     )
-    create.add_argument(
-        "--account", metavar="ID", help="the account whose events it gets (default: none)"
-    )
+    _account(create, "the account whose events it gets (default: none)")
     create.add_argument(
         "--all-accounts",
         action="store_true",
@@ -120,7 +149,7 @@ def _register_reads(actions: Any) -> None:
     listing = actions.add_parser(
         "list", help="list endpoints", description="List endpoints with their backlog."
     )
-    listing.add_argument("--account", metavar="ID", help="only this account's endpoints")
+    _account(listing, "only this account's endpoints")
     _json_flag(listing)
 
     show = actions.add_parser("show", help="show one endpoint", description="Show one endpoint.")
@@ -150,7 +179,8 @@ def _register_changes(actions: Any) -> None:
     _endpoint_id(rotate)
     rotate.add_argument(
         "--overlap",
-        default="24h",
+        default=timedelta(hours=24),
+        type=argument(_overlap),
         metavar="AGE",
         help="how long the replaced secret keeps signing: 24h (default), 30m, 2d, or 0 for none",
     )
@@ -175,7 +205,10 @@ def _register_changes(actions: Any) -> None:
     )
     _endpoint_id(test)
     test.add_argument(
-        "--type", default=None, help="event type to send (default: its first subscribed type)"
+        "--type",
+        type=event_type,
+        default=None,
+        help="a known event type to send (default: its first subscribed type)",
     )
 
 
@@ -196,20 +229,22 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
         known = admin.known_event_types(conn)
     if endpoint is None:
         raise _no_endpoint(args.endpoint_id)
-    event_type = args.type or next(
+    if args.type is not None and args.type not in known:
+        raise ConfigError(f"--type {args.type!r} is not a known event type")
+    sent_type = args.type or next(
         (t for t in known if any(type_matches(p, t) for p in endpoint.event_types)), known[0]
     )
     result = probe.send_test(
         endpoint.url,
         endpoint.secret,
-        event_type,
+        sent_type,
         previous_secret=endpoint.previous_secret,
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
     verdict = f"HTTP {result.status_code}" if result.status_code is not None else "no answer"
     render.emit(
-        f"{event_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
+        f"{sent_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
         + (f" ({render.clean(result.error)})" if result.error else "")
     )
     if result.response_body:
@@ -218,13 +253,11 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _no_endpoint(endpoint_id: str) -> OutboxError:
-    return OutboxError(f"no endpoint with id {render.clean(endpoint_id)!r}")
+    return OutboxError(f"no endpoint with id {endpoint_id!r}")
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    url = check_url(args.url)
-    patterns = parse_types(args.events)
-    account = None if args.account is None else check_account(args.account)
+    account, patterns = args.account, args.events
     if account is not None and args.all_accounts:
         raise ConfigError("--account and --all-accounts exclude each other: give one of them")
     secret = signing.generate_secret()
@@ -232,7 +265,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
         check_types(patterns, admin.known_event_types(conn))
         endpoint_id = admin.create_endpoint(
             conn,
-            url=url,
+            url=args.url,
             event_types=patterns,
             description=args.description,
             enabled=not args.disabled,
@@ -254,9 +287,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    account = None if args.account is None else check_account(args.account)
     with admin.session(_url(settings)) as conn:
-        endpoints = admin.list_endpoints(conn, account_id=account)
+        endpoints = admin.list_endpoints(conn, account_id=args.account)
     if args.json:
         render.emit_json(endpoints)
         return 0
@@ -366,10 +398,13 @@ def _switch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _overlap(text: str) -> timedelta:
+    return parse_age(text, "--overlap", zero=True)
+
+
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    overlap = parse_age(args.overlap, "--overlap", zero=True)
     with admin.session(_url(settings)) as conn:
-        rotated = admin.rotate_secret(conn, args.endpoint_id, overlap)
+        rotated = admin.rotate_secret(conn, args.endpoint_id, args.overlap)
     if rotated is None:
         raise _no_endpoint(args.endpoint_id)
     secret, until = rotated

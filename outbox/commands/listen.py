@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import signal
 import sys
 from typing import Any
 
 from outbox import receiver, render
+from outbox.commands import shown
 from outbox.config import Settings
-from outbox.errors import ConfigError, OutboxError
+from outbox.errors import OutboxError
 
 TYPE_WIDTH = 19  # attribution.tracked, the longest seed type
 ID_WIDTH = 30  # evt_ and 26 characters
@@ -47,6 +49,22 @@ def _port(text: str) -> int:
     return value
 
 
+def _secret(text: str) -> str:
+    problem = receiver.check_secret(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _host(text: str) -> str:
+    """An address or name to listen on: empty would mean every interface, so it is refused."""
+    if not re.fullmatch(r"[!-~]{1,253}", text):
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not an address to listen on, such as 127.0.0.1 or 0.0.0.0"
+        )
+    return text
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "listen",
@@ -57,10 +75,13 @@ def register(sub: Any) -> None:
         "attempt, and the answer given.",
     )
     parser.add_argument("--port", type=_port, required=True, help="port to listen on")
-    parser.add_argument("--secret", required=True, help="the endpoint's secret (whsec_…)")
+    parser.add_argument(
+        "--secret", required=True, type=_secret, help="the endpoint's secret (whsec_…)"
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
+        type=_host,
         help="address to listen on (default 127.0.0.1; 0.0.0.0 inside a container)",
     )
     parser.add_argument(
@@ -98,9 +119,6 @@ def format_line(seen: receiver.Seen) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    problem = receiver.check_secret(args.secret)
-    if problem is not None:
-        raise ConfigError(f"--secret: {problem}")
     behaviour = receiver.Behaviour(
         secret=args.secret,
         fail_rate=args.fail_rate,

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from outbox import render
-from outbox.commands import counting_up_to
+from outbox.commands import argument, counting_up_to, shown
 from outbox.config import Settings
 from outbox.db import admin, connect, retention
 from outbox.errors import ConfigError
@@ -30,14 +30,14 @@ def parse_age(text: str, option: str = "--older-than", *, zero: bool = False) ->
     parts = _PART.findall(compact)
     if not compact or "".join(n + u for n, u in parts) != compact:
         raise ConfigError(
-            f"{option} {text!r} is not a duration such as 30d, 12h, 90m or 1d12h "
+            f"{option} {shown(text)} is not a duration such as 30d, 12h, 90m or 1d12h "
             "(units s, m, h, d, w)"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0 and not zero:
-        raise ConfigError(f"{option} {text!r} must be longer than zero")
+        raise ConfigError(f"{option} {shown(text)} must be longer than zero")
     if seconds > _MAX_AGE.total_seconds():
-        raise ConfigError(f"{option} {text!r} is longer than 100 years")
+        raise ConfigError(f"{option} {shown(text)} is longer than 100 years")
     return timedelta(seconds=seconds)
 
 
@@ -55,6 +55,7 @@ def register(sub: Any) -> None:
         "--older-than",
         required=True,
         metavar="AGE",
+        type=argument(parse_age),
         help="events created longer ago than this: 30d, 12h, 90m, 1d12h, 2w",
     )
     parser.add_argument(
@@ -72,7 +73,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    age = parse_age(args.older_than)
+    age: timedelta = args.older_than
     progress = Progress("prune")
     verb = "would remove" if args.dry_run else "removed"
 

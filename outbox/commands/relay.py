@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from outbox.commands import seconds, whole_number
 from outbox.config import Settings
 from outbox.db import connect, migrate
 from outbox.db.store import Store
@@ -23,35 +24,11 @@ from outbox.signing import USER_AGENT
 log = structlog.get_logger("outbox.relay")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+# Bounds that keep a relay sane: more than 10,000 attempts or claims at once is past what one
+# process's sockets and one claim query serve; a poll or a VACUUM more often than every 0.1 s
+# would keep an idle relay busy.
+MOST = 10_000
+DAY = 86_400.0
 
 
 def register(sub: Any) -> None:
@@ -66,37 +43,37 @@ def register(sub: Any) -> None:
     parser.add_argument("--once", action="store_true", help="drain what is due now, then exit")
     parser.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=whole_number(1, MOST),
         default=defaults.concurrency,
         help=f"attempts in flight at once (default {defaults.concurrency})",
     )
     parser.add_argument(
         "--per-endpoint",
-        type=_positive_int,
+        type=whole_number(1, MOST),
         default=defaults.per_endpoint,
         help=f"attempts in flight to one endpoint (default {defaults.per_endpoint})",
     )
     parser.add_argument(
         "--batch",
-        type=_positive_int,
+        type=whole_number(1, MOST),
         default=defaults.batch,
         help=f"deliveries claimed per query (default {defaults.batch})",
     )
     parser.add_argument(
         "--poll-interval",
-        type=_positive_float,
+        type=seconds(0.1, 3600),
         default=defaults.poll_interval,
         help=f"longest idle sleep without a wake-up, seconds (default {defaults.poll_interval})",
     )
     parser.add_argument(
         "--grace",
-        type=_positive_float,
+        type=seconds(0.1, 3600),
         default=defaults.grace,
         help=f"seconds in-flight attempts get on shutdown (default {defaults.grace})",
     )
     parser.add_argument(
         "--vacuum-every",
-        type=_non_negative_float,
+        type=seconds(0.1, DAY, off=True),
         default=defaults.vacuum_every,
         help="seconds between VACUUMs of outbox.deliveries while a backlog drains, when this "
         "role may (its owner; outbox_relay from PostgreSQL 17); 0 leaves it to autovacuum "
@@ -104,7 +81,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--summary-every",
-        type=_non_negative_float,
+        type=seconds(0.1, DAY, off=True),
         default=defaults.summary_every,
         help="seconds between the info lines that count finished attempts; a delivered "
         "attempt gets a line of its own only at OUTBOX_LOG_LEVEL=debug, a retried one at info, "
@@ -112,7 +89,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=whole_number(1, 65535),
         default=None,
         help="serve /healthz and Prometheus /metrics on this port",
     )

@@ -74,7 +74,10 @@ def decide(
     """The delivery's status after this attempt, and the delay before the next one."""
     if outcome.ok:
         return "delivered", 0.0
-    made = claimed.attempts + 1 - claimed.ladder_start
+    # Redelivery sets ladder_start to the attempts made so far; one written by hand outside
+    # 0..attempts counts as 0, so the ladder still ends.
+    start = claimed.ladder_start if 0 <= claimed.ladder_start <= claimed.attempts else 0
+    made = claimed.attempts + 1 - start
     retry_after = retry.parse_retry_after(outcome.retry_after, now)
     delay = retry.next_delay(ladder, made, retry_after)
     if delay is None:

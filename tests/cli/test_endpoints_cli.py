@@ -156,7 +156,7 @@ def test_a_check_the_database_makes_comes_out_as_one_line(db_url: str, conn: Con
             secret="whsec_" + "A" * 43 + "=",
         )
 
-    assert "is not an absolute http(s) URL" in str(caught.value)
+    assert "endpoint url is refused: not an absolute http(s) URL" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (0,)
 
@@ -171,6 +171,9 @@ def test_a_check_the_database_makes_comes_out_as_one_line(db_url: str, conn: Con
         "https://hooks.example.com/in put",
         "https://hooks.example.com/\x1b[2J",
         "https://hooks.example.com:99999/in",
+        "http://0x7f.1/",
+        "https://hooks.example.com:/in",
+        "https://hooks.example.com/" + "a" * 2100,
     ],
 )
 def test_check_url_refuses_what_no_receiver_can_be(url: str) -> None:

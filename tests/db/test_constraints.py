@@ -31,16 +31,23 @@ def add_endpoint(conn: Conn, url: str = "https://example.com/hooks", types: Any 
     return endpoint_id
 
 
-BAD_URLS = ["ftp://x", "example.com/x", "http://", "", "https:///path"]
+BAD_URLS = [
+    ("ftp://x", "not an absolute http(s) URL (scheme 'ftp')"),
+    ("example.com/x", "not an absolute http(s) URL"),
+    ("", "not an absolute http(s) URL"),
+    ("http://", "missing host"),
+    ("https:///path", "missing host"),
+]
 UNKNOWN_PATTERNS = ["foo.bar", "nothing.*", "contact.create", "contact*", ".*", "*.created"]
 
 
 def test_endpoint_url_must_be_absolute_http(conn: Conn) -> None:
     endpoint_id = add_endpoint(conn)
-    for url in BAD_URLS:
-        with pytest.raises(Check, match=r"absolute http\(s\) URL"):
+    for url, reason in BAD_URLS:
+        message = re.escape(f"endpoint url is refused: {reason}")
+        with pytest.raises(Check, match=message):
             add_endpoint(conn, url=url)
-        with pytest.raises(Check, match=r"absolute http\(s\) URL"):
+        with pytest.raises(Check, match=message):
             conn.execute("update outbox.endpoints set url = %s where id = %s", [url, endpoint_id])
     assert conn.execute("select count(*) from outbox.endpoints").fetchone() == (1,)
 
@@ -172,3 +179,160 @@ def test_delivery_status_outside_the_list_is_refused(conn: Conn) -> None:
         conn.execute("update outbox.deliveries set status = 'bogus'")
     row = conn.execute("select status from outbox.deliveries").fetchone()
     assert row == ("pending",)
+
+
+# -- what a direct write can no longer put in ------------------------------------------------------
+
+NOT_A_LIST = ["{{deal.created,deal.updated}}", "{{*}}", "[5:5]={deal.created}"]
+PLAIN_LIST = "event_types must be a plain list of types"
+
+
+@pytest.mark.parametrize("types", NOT_A_LIST)
+def test_event_types_must_be_a_plain_list(conn: Conn, types: str) -> None:
+    endpoint_id = add_endpoint(conn)
+    with pytest.raises(Check, match=PLAIN_LIST):
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types) values ('https://example.com', %s)",
+            [types],
+        )
+    with pytest.raises(Check, match=PLAIN_LIST):
+        conn.execute(
+            "update outbox.endpoints set event_types = %s where id = %s", [types, endpoint_id]
+        )
+    assert conn.execute("select event_types from outbox.endpoints").fetchall() == [(["*"],)]
+
+
+def test_event_types_keep_their_shape_with_the_checks_off(conn: Conn) -> None:
+    # A restore or a replica writes rows with triggers off; the shape is a table constraint.
+    conn.execute("set session_replication_role = replica")
+    for types in [*NOT_A_LIST, "{deal.created,NULL}"]:
+        with pytest.raises(Check, match="endpoint_event_types_list"):
+            conn.execute(
+                "insert into outbox.endpoints (url, event_types)"
+                " values ('https://example.com', %s)",
+                [types],
+            )
+
+
+BAD_DESCRIPTIONS = [
+    ("line\nbreak", "control character"),
+    ("tab\there", "control character"),
+    ("\x1b[31mred", "control character"),
+    ("c1\x85", "control character"),
+    ("x" * 1001, "longer than 1000 characters"),
+]
+
+
+@pytest.mark.parametrize(("description", "reason"), BAD_DESCRIPTIONS)
+def test_description_is_a_line_of_text(conn: Conn, description: str, reason: str) -> None:
+    endpoint_id = add_endpoint(conn)
+    message = f"endpoint description is refused: .*{reason}"
+    with pytest.raises(Check, match=message):
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types, description)"
+            " values ('https://example.com', '{*}', %s)",
+            [description],
+        )
+    with pytest.raises(Check, match=message):
+        conn.execute(
+            "update outbox.endpoints set description = %s where id = %s",
+            [description, endpoint_id],
+        )
+    for fine in ("x" * 1000, "Zoë's CRM — ops ✓", ""):
+        conn.execute(
+            "update outbox.endpoints set description = %s where id = %s", [fine, endpoint_id]
+        )
+
+
+def test_a_value_is_judged_when_written_not_when_its_row_changes(conn: Conn) -> None:
+    # A row from before the rules (written here with the check off): switching it off, as the
+    # relay does on a 410, or re-describing it, does not judge its URL or description again.
+    conn.execute("alter table outbox.endpoints disable trigger endpoints_check")
+    endpoint_id = add_endpoint(conn, url="http://0x7f.1/")
+    conn.execute(
+        "update outbox.endpoints set description = 'two\nlines' where id = %s", [endpoint_id]
+    )
+    conn.execute("alter table outbox.endpoints enable trigger endpoints_check")
+
+    conn.execute("update outbox.endpoints set enabled = false where id = %s", [endpoint_id])
+    conn.execute("update outbox.endpoints set description = 'gone' where id = %s", [endpoint_id])
+    with pytest.raises(Check, match="not a canonical IPv4 address"):
+        conn.execute(
+            "update outbox.endpoints set url = 'http://0x7f.2/' where id = %s", [endpoint_id]
+        )
+
+
+BAD_EVENTS = [
+    ("Deal.Created", '{"id": 1}', None, "event_type_format"),
+    ("deal", '{"id": 1}', None, "event_type_format"),
+    ("deal.created\nX-Injected: 1", '{"id": 1}', None, "event_type_format"),
+    ("", '{"id": 1}', None, "event_type_format"),
+    ("deal.created", "[1, 2]", None, "json_object_only"),
+    ("deal.created", '"text"', None, "json_object_only"),
+    ("deal.created", "null", None, "json_object_only"),
+    ("deal.created", '{"id": 1}', "[]", "json_object_only"),
+]
+
+
+@pytest.mark.parametrize(("event_type", "data", "previous", "constraint"), BAD_EVENTS)
+def test_an_event_inserted_directly_meets_what_emit_requires(
+    conn: Conn, event_type: str, data: str, previous: str | None, constraint: str
+) -> None:
+    with pytest.raises(Check, match=constraint):
+        conn.execute(
+            "insert into outbox.events (type, data, previous_attributes) values (%s, %s, %s)",
+            [event_type, data, previous],
+        )
+    conn.execute(
+        "insert into outbox.events (type, data, previous_attributes)"
+        " values ('invoice.paid', '{}', '{\"n\": 1}'), ('a.b.c.d', '{\"n\": 2}', null)"
+    )
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)
+
+
+# Values of timestamptz Python cannot hold (years 1 to 9999, in every time zone).
+UNREADABLE_MOMENTS = ["infinity", "-infinity", "0001-01-01 00:00 BC", "10000-01-01", "9999-12-31"]
+MOMENT_COLUMNS = [
+    ("events", "created_at"),
+    ("endpoints", "created_at"),
+    ("endpoints", "updated_at"),
+    ("deliveries", "next_attempt_at"),
+    ("deliveries", "delivered_at"),
+]
+
+
+@pytest.mark.parametrize(("table", "column"), MOMENT_COLUMNS)
+def test_moments_the_relay_cannot_read_are_refused(conn: Conn, table: str, column: str) -> None:
+    add_endpoint(conn)
+    conn.execute("insert into stover.companies (name) values ('Acme')")
+    fan_out(conn)
+    statement = f"update outbox.{table} set {column} = %s::timestamptz"
+    if table == "events":
+        statement = "insert into outbox.events (type, data, created_at) values ('a.b', '{}', %s)"
+    for moment in UNREADABLE_MOMENTS:
+        with pytest.raises(Check, match="moment_range"):
+            conn.execute(statement, [moment])
+    for moment in ["0001-01-02 00:00+00", "2024-01-15 10:30+00", "9999-12-30 23:59+00"]:
+        conn.execute(statement, [moment])
+
+
+@pytest.mark.parametrize("endpoint_id", ["", "ep 1", "ep_1\n", "ép_1", "x" * 257])
+def test_an_endpoint_id_is_one_the_cli_can_name(conn: Conn, endpoint_id: str) -> None:
+    with pytest.raises(Check, match=r"endpoint id .* must be 1 to 256 printable ASCII"):
+        conn.execute(
+            "insert into outbox.endpoints (id, url, event_types)"
+            " values (%s, 'https://example.com', '{*}')",
+            [endpoint_id],
+        )
+    other = add_endpoint(conn)
+    with pytest.raises(Check, match="endpoint id"):
+        conn.execute("update outbox.endpoints set id = %s where id = %s", [endpoint_id, other])
+    conn.execute("update outbox.endpoints set id = 'ep_by-hand.1' where id = %s", [other])
+
+
+def test_a_refusal_that_names_the_value_is_one_line(conn: Conn) -> None:
+    with pytest.raises(Check) as refused:
+        add_endpoint(conn, types=["deal.created\nX-Injected: 1"])
+    assert refused.value.diag.message_primary == (
+        "event type 'deal.created?X-Injected: 1' is not known and matches no known type"
+    )

@@ -4,6 +4,7 @@ the new version delivers what the old one left as well as what is written after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import psycopg
 from support import env_without_outbox, running_receiver
 
 from outbox.db import migrate
+from outbox.db.store import Store
 from outbox.sqlfiles import sql_dir
 
 from .rows import fan_out
@@ -135,3 +137,72 @@ def test_an_upgrade_to_accounts_leaves_a_single_account_installation_as_it_was(
         ).fetchone()
         assert per_event == (4, 4, 0)
     assert len(receiver.requests) == 4
+
+
+async def _next_due(url: str) -> float | None:
+    """What an idle relay asks before it sleeps."""
+    store = Store(url)
+    await store.open()
+    try:
+        return await store.next_due()
+    finally:
+        await store.close()
+
+
+def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    migrate.migrate(empty_db_url, folder=_migrations_up_to(tmp_path, 8))
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        nested = conn.execute(
+            "insert into outbox.endpoints (url, event_types, description) values"
+            " ('http://0x7f.1/', '{{deal.created,deal.updated}}', e'two\\nlines') returning id"
+        ).fetchone()
+        conn.execute("insert into outbox.events (type, data) values ('Odd Type', '[1]')")
+        # A delivery parked at 'infinity' stopped every idle relay under 0008.
+        conn.execute(
+            "insert into outbox.deliveries (event_id, endpoint_id, next_attempt_at)"
+            " values ('evt_parked', %s, 'infinity')",
+            nested,
+        )
+        conn.execute(
+            "insert into outbox.deliveries (event_id, endpoint_id, status, delivered_at)"
+            " values ('evt_done', %s, 'delivered', '-infinity')",
+            nested,
+        )
+
+        migrate.migrate(empty_db_url)
+
+        # The array of arrays is the list fan-out matched; the rest of the row is as it was.
+        row = conn.execute(
+            "select url, event_types, description from outbox.endpoints where id = %s", nested
+        ).fetchone()
+        assert row == ("http://0x7f.1/", ["deal.created", "deal.updated"], "two\nlines")
+        assert conn.execute("select type, data from outbox.events").fetchall() == [
+            ("Odd Type", [1])
+        ]
+        listed = subprocess.run(
+            [sys.executable, "-m", "outbox", "endpoints", "list", "--json"],
+            env={**env_without_outbox(), "DATABASE_URL": empty_db_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        parked = conn.execute(
+            "select next_attempt_at::text, delivered_at::text from outbox.deliveries"
+            " order by event_id desc"
+        ).fetchall()
+        relayed = _relay_once(empty_db_url)
+        due = asyncio.run(_next_due(empty_db_url))
+    assert listed.returncode == 0, listed.stderr
+    [endpoint] = json.loads(listed.stdout)
+    assert endpoint["event_types"] == ["deal.created", "deal.updated"]
+    # Still last and first, now moments the relay can read; "not yet" is still NULL.
+    assert parked == [
+        ("9999-12-30 00:00:00+00", None),
+        (parked[1][0], "0001-01-02 00:00:00+00"),
+    ]
+    assert relayed["claimed"] == 0
+    assert due is not None
+    assert due > 1e9

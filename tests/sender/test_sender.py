@@ -464,7 +464,8 @@ async def test_a_refused_connection_is_a_connect_failure(sender: Sender) -> None
     [
         ("ftp://127.0.0.1/hook", "invalid_url: not an absolute http(s) URL"),
         ("http://user:pw@127.0.0.1/hook", "invalid_url: userinfo"),
-        ("not a url", "invalid_url: not an absolute http(s) URL"),
+        ("not-a-url", "invalid_url: not an absolute http(s) URL"),
+        ("not a url", "invalid_url: URL has U+0020 at position 4"),
     ],
 )
 async def test_unusable_urls_fail_without_a_request(sender: Sender, url: str, reason: str) -> None:
