@@ -28,6 +28,9 @@ BODIES_KEPT_BYTES = 32 * 1_048_576
 # What RFC 9110 forbids in a header value, and aiohttp refuses to send: control characters but
 # horizontal tab.
 _HEADER_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# The shape outbox.emit() requires of a type (the table does not check it: see 0012).
+_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*){1,3}")
+MAX_TYPE_LENGTH = 256
 
 
 class UnsendableError(ValueError):
@@ -220,11 +223,17 @@ class Attempts:
         body = self._bodies.get(c.event_id)
         if body is None:
             # Only a plain INSERT into outbox.events can write such a type (emit() and attach()
-            # take none); its X-Stover-Event-Type header would fail every attempt alike.
+            # take none): its X-Stover-Event-Type header would fail every attempt alike, and
+            # no subscription but '*' could name it.
             if _HEADER_FORBIDDEN.search(c.event_type):
                 raise UnsendableError(
                     f"event type {c.event_type[:100]!r} holds a control character,"
                     " which no HTTP header may carry"
+                )
+            if len(c.event_type) > MAX_TYPE_LENGTH or not _TYPE.fullmatch(c.event_type):
+                raise UnsendableError(
+                    f"event type {c.event_type[:100]!r} is not a type such as deal.created"
+                    " (two to four lowercase words joined by dots, at most 256 characters)"
                 )
             body = payload.render_event(
                 c.event_id, c.event_type, c.event_created_at, c.data_json, c.previous_json

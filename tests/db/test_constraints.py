@@ -263,10 +263,6 @@ def test_a_value_is_judged_when_written_not_when_its_row_changes(conn: Conn) -> 
 
 
 BAD_EVENTS = [
-    ("Deal.Created", '{"id": 1}', None, "event_type_format"),
-    ("deal", '{"id": 1}', None, "event_type_format"),
-    ("deal.created\nX-Injected: 1", '{"id": 1}', None, "event_type_format"),
-    ("", '{"id": 1}', None, "event_type_format"),
     ("deal.created", "[1, 2]", None, "json_object_only"),
     ("deal.created", '"text"', None, "json_object_only"),
     ("deal.created", "null", None, "json_object_only"),

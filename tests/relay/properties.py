@@ -31,6 +31,7 @@ CAP = 4096  # these relays' OUTBOX_MAX_PAYLOAD_BYTES: room for every shape, chea
 # reach depends on the stack it runs on (about 490 levels): between the two, either is right.
 ALWAYS_RENDERED = 254
 HEADER_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}")  # what emit() takes
 
 
 @dataclass
@@ -146,6 +147,11 @@ def why_unsendable(event: dict[str, Any], body: bytes | None) -> str | None:
         return (
             f"not sent: event type {event['type'][:100]!r} holds a control character,"
             " which no HTTP header may carry"
+        )
+    if len(event["type"]) > 256 or not TYPE.fullmatch(event["type"]):
+        return (
+            f"not sent: event type {event['type'][:100]!r} is not a type such as deal.created"
+            " (two to four lowercase words joined by dots, at most 256 characters)"
         )
     if body is None:
         return "not sent: RecursionError"

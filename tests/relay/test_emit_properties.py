@@ -39,11 +39,10 @@ from tests.db.columns import (
 from tests.relay import SEED_TYPES
 from tests.unit.jsontrees import jsonb_text, rows
 
-from .properties import CAP, Harness, depth, ending, harness
+from .properties import CAP, TYPE, Harness, depth, ending, harness
 
 Conn = psycopg.Connection[Any]
 EPOCH = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
-TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){1,3}")
 ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
@@ -136,7 +135,10 @@ def test_emit_refuses_with_one_line_or_its_one_event_is_delivered_byte_exact(
             if plain:  # "a plain INSERT INTO outbox.events (type, data) is an event too"
                 query = "insert into outbox.events (type, data, account_id) values (%s, %s, %s)"
                 query += " returning id"
-                accepts = event_type is not None and data is not None
+                # The table takes any type (the relay refuses a malformed one) and object data.
+                accepts = (
+                    event_type is not None and data is not None and data.lstrip().startswith("{")
+                )
             else:
                 query = "select outbox.emit(%s, %s::jsonb, account => %s)"
                 accepts = emit_accepts(event_type, data, account)

@@ -6,6 +6,7 @@ property's: these use one on loopback.)"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,11 @@ patterns = (
 )
 
 
+# What the table takes as a description: no control characters, at most 1,000 characters.
+MAX_DESCRIPTION = 1000
+CONTROL = re.compile("[\x01-\x1f\x7f-\x9f]")
+
+
 def matches(pattern: str, event_type: str) -> bool:
     """The contract's subscription rule: an exact type, 'prefix.*' or '*'."""
     if pattern in ("*", event_type):
@@ -48,7 +54,8 @@ def matches(pattern: str, event_type: str) -> bool:
 @st.composite
 def endpoint_rows(draw: st.DrawFn) -> dict[str, Any]:
     """Columns of an endpoint row (any may be left to its default but event_types): 1-D or 2-D
-    arrays of patterns, NULLs anywhere, descriptions of any text."""
+    arrays of patterns (the table takes only the first), NULLs anywhere, descriptions of any
+    text."""
     flat = draw(
         st.one_of(
             st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3),
@@ -90,11 +97,15 @@ def test_an_endpoint_row_is_refused_with_one_line_or_gets_the_events_it_subscrib
         with relay.example():
             listed = flat_patterns(row["event_types"])
             served = [t for t in KNOWN_TYPES if any(p and matches(p, t) for p in listed)]
+            description = row.get("description", "")
             accepts = (
                 bool(listed)
+                and not any(isinstance(item, list) for item in row["event_types"] or [])
                 and all(p is not None and any(matches(p, t) for t in KNOWN_TYPES) for p in listed)
                 and row.get("enabled", True) is not None
-                and ("description" not in row or row["description"] is not None)
+                and description is not None
+                and len(description) <= MAX_DESCRIPTION
+                and not CONTROL.search(description)
             )
             made: list[tuple[Endpoint, str]] = []
             error = refusal(lambda: made.append(relay.endpoint(**row)))
