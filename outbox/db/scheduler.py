@@ -3,8 +3,9 @@ and the connection and queries the relays' maintenance scheduler runs on."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
 
@@ -13,7 +14,9 @@ from pgqueuer import PsycopgDriver, Queries
 from pgqueuer.adapters.persistence import qb, schema_ddl
 from pgqueuer.domain.settings import DBSettings, Durability
 from pgqueuer.domain.types import Channel
+from psycopg.conninfo import make_conninfo
 
+from outbox.db.connect import connect as connect_sync
 from outbox.db.connect import with_timeout
 from outbox.sqlfiles import queries
 
@@ -74,6 +77,13 @@ async def connect(url: str) -> AsyncConnection:
     return await psycopg.AsyncConnection.connect(
         with_timeout(url), autocommit=True, application_name="outbox relay maintenance"
     )
+
+
+@contextlib.contextmanager
+def job_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A job run's own connection, named for pg_stat_activity."""
+    with connect_sync(make_conninfo(url, application_name="outbox relay maintenance job")) as conn:
+        yield conn
 
 
 def scheduler_queries(conn: AsyncConnection) -> Queries:

@@ -22,7 +22,6 @@ from pgqueuer.models import Schedule
 
 from outbox.config import Settings
 from outbox.db import retention, scheduler
-from outbox.db.connect import connect
 from outbox.errors import first_line
 
 log = structlog.get_logger("outbox.maintenance")
@@ -227,5 +226,5 @@ async def _run(
 
 
 def _work(job: Job, url: str, halt: threading.Event) -> Counts:
-    with connect(url) as conn:
+    with scheduler.job_connection(url) as conn:
         return job.work(conn, halt)
