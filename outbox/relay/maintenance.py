@@ -45,8 +45,9 @@ class Halted(Exception):
 class Job:
     """One maintenance job. `work` runs in a thread on a connection of its own, checks `halt`
     between its steps (raising Halted), and returns the counts its log line shows. `needs` names
-    the (table, privilege) pairs it requires: a relay whose role lacks one leaves the job to the
-    relays whose roles have them."""
+    the (table, privilege) pairs it requires, checked on the whole table (a grant on some columns
+    does not count): a relay whose role lacks one leaves the job to the relays whose roles have
+    them."""
 
     name: str  # pgqueuer's entrypoint: the database holds one schedule row per (name, schedule)
     schedule: str  # cron, UTC; a sixth field gives seconds
