@@ -8,8 +8,10 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+import croniter
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -34,6 +36,12 @@ MAX_PAYLOAD_BYTES_RANGE = (1_024, 64 * 1_048_576)
 DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT = 20
 MAX_ENDPOINTS_PER_ACCOUNT_RANGE = (1, 10_000)
 EMBEDDED_PGDATA = Path(".outbox") / "pgdata"
+# Retention: what `outbox prune --older-than` removes, run by the relays on a schedule (UTC).
+DEFAULT_RETENTION = timedelta(days=30)
+# At least an hour: a retention in seconds or minutes is more likely a typo (30s for 30d) than a
+# wish, and it would remove events soon after they were delivered.
+MIN_RETENTION = timedelta(hours=1)
+DEFAULT_RETENTION_SCHEDULE = "15 3 * * *"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Settings:
     embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_endpoints_per_account: int = DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT
+    retention: timedelta | None = DEFAULT_RETENTION  # None: the relays remove nothing
+    retention_schedule: str = DEFAULT_RETENTION_SCHEDULE
 
     @property
     def lease_seconds(self) -> float:
@@ -105,6 +115,61 @@ def parse_whole(name: str, text: str, bounds: tuple[int, int], unit: str) -> int
     if not low <= value <= high:
         raise ConfigError(f"{name}={text!r} must be from {low:,} to {high:,} {unit}")
     return value
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_AGE_PART = re.compile(r"([0-9]+)([smhdw])")
+_MAX_AGE = timedelta(days=36_500)
+
+
+def parse_age(text: str, option: str = "--older-than", *, zero: bool = False) -> timedelta:
+    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero (or `0` when `zero`
+    allows it), given as `option` (a command's option, or a variable such as OUTBOX_RETENTION,
+    which errors name)."""
+    shown = repr(text if len(text) <= 60 else text[:60] + "…")
+    said = f"{option}={shown}" if option.startswith("OUTBOX_") else f"{option} {shown}"
+    compact = text.strip().lower()
+    if zero and compact == "0":
+        return timedelta(0)
+    parts = _AGE_PART.findall(compact)
+    if not compact or "".join(n + u for n, u in parts) != compact:
+        raise ConfigError(
+            f"{said} is not a duration such as 30d, 12h, 90m or 1d12h (units s, m, h, d, w)"
+        )
+    seconds = sum(int(n) * _AGE_UNITS[u] for n, u in parts)
+    if seconds <= 0 and not zero:
+        raise ConfigError(f"{said} must be longer than zero")
+    if seconds > _MAX_AGE.total_seconds():
+        raise ConfigError(f"{said} is longer than 100 years")
+    return timedelta(seconds=seconds)
+
+
+def parse_retention(text: str) -> timedelta | None:
+    """Parse `OUTBOX_RETENTION`: an age of at least an hour, or `off`."""
+    if text.strip().lower() == "off":
+        return None
+    age = parse_age(text, "OUTBOX_RETENTION")
+    if age < MIN_RETENTION:
+        raise ConfigError(f"OUTBOX_RETENTION={text!r} must be at least 1h (or off)")
+    return age
+
+
+def parse_schedule(name: str, text: str) -> str:
+    """Parse a cron expression in UTC: five fields, or six with seconds last, as pgqueuer's
+    scheduler reads it (croniter)."""
+    fields = text.split()
+    if not 5 <= len(fields) <= 6 or not croniter.croniter.is_valid(text):
+        raise ConfigError(
+            f"{name}={text!r} is not a cron expression such as '15 3 * * *' (minute hour "
+            "day-of-month month day-of-week, in UTC; a sixth field gives seconds)"
+        )
+    try:
+        croniter.croniter(text).get_next(float)
+    except croniter.CroniterBadDateError:
+        raise ConfigError(
+            f"{name}={text!r} names no date that exists (such as 30 February)"
+        ) from None
+    return " ".join(fields)
 
 
 def parse_max_payload(text: str) -> int:
@@ -234,5 +299,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             env.get("OUTBOX_MAX_ENDPOINTS_PER_ACCOUNT", str(DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT)),
             MAX_ENDPOINTS_PER_ACCOUNT_RANGE,
             "endpoints",
+        ),
+        retention=parse_retention(env.get("OUTBOX_RETENTION", "30d")),
+        retention_schedule=parse_schedule(
+            "OUTBOX_RETENTION_SCHEDULE",
+            env.get("OUTBOX_RETENTION_SCHEDULE", DEFAULT_RETENTION_SCHEDULE),
         ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import tempfile
@@ -13,6 +14,7 @@ from outbox import bench
 from outbox.bench.harness import Bench
 from outbox.config import Settings
 from outbox.db import connect
+from outbox.errors import OutboxError
 
 ALL_SOAK_MINUTES = 3.0  # how long `soak` runs under `all`
 
@@ -59,9 +61,21 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _needs_asyncpg() -> None:
+    """`peer`'s pgqueuer worker runs on asyncpg, which only the bench extra installs."""
+    try:
+        importlib.import_module("asyncpg")
+    except ImportError:
+        raise OutboxError(
+            "the peer benchmark needs asyncpg: pip install 'stover-outbox[bench]'"
+        ) from None
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    db = connect.resolve(settings)
     names = list(bench.SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if "peer" in names:
+        _needs_asyncpg()
+    db = connect.resolve(settings)
     minutes = args.minutes
     if minutes is None and args.scenario == "all" and not args.quick:
         # Long enough for three of autovacuum's visits, the least over which the soak's

@@ -12,8 +12,7 @@ from typing import Any
 from outbox import netguard, render, signing
 from outbox.accounts import check_account
 from outbox.commands import TYPE_PATTERN, argument, endpoint_id, event_type, shown
-from outbox.commands.prune import parse_age
-from outbox.config import Settings
+from outbox.config import Settings, parse_age
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 

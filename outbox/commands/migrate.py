@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from outbox.config import Settings
-from outbox.db import connect, migrate
+from outbox.db import connect, migrate, scheduler
 
 
 def register(sub: Any) -> None:
@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="apply nothing; exit 1 while any migration is pending",
+        help="apply nothing; exit 1 while any migration, or pgqueuer's tables, are pending",
     )
     parser.set_defaults(func=run)
 
@@ -30,8 +30,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         todo = migrate.pending(db.url)
         for migration in todo:
             print(f"pending {migration.path.name}")
-        if todo:
-            print(f"{len(todo)} migration(s) pending; run `outbox migrate`", file=sys.stderr)
+        tables = migrate.scheduler_missing(db.url)
+        if tables:
+            print(f"pending pgqueuer's tables ({', '.join(tables)})")
+        if todo or tables:
+            what = [f"{len(todo)} migration(s)"] if todo else []
+            what += ["pgqueuer's tables"] if tables else []
+            print(f"{' and '.join(what)} pending; run `outbox migrate`", file=sys.stderr)
             return 1
         print("schema is up to date", file=sys.stderr)
         return 0
@@ -40,7 +45,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"applied {migration.path.name}")
     total = len(migrate.available())
     print(
-        f"migrations: {len(done)} applied now, {total} in all; schema is up to date",
+        f"migrations: {len(done)} applied now, {total} in all; pgqueuer "
+        f"{scheduler.PGQUEUER_VERSION}'s scheduling tables in schema {scheduler.SCHEMA}; "
+        "schema is up to date",
         file=sys.stderr,
     )
     return 0

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from datetime import timedelta
 from typing import Any
 
 from outbox import render
-from outbox.commands import argument, counting_up_to, shown
-from outbox.config import Settings
+from outbox.commands import argument, counting_up_to
+from outbox.config import Settings, parse_age
 from outbox.db import admin, connect, retention
-from outbox.errors import ConfigError
 from outbox.progress import Progress
 
 MAX_BATCH = 10_000
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_PART = re.compile(r"([0-9]+)([smhdw])")
-_MAX_AGE = timedelta(days=36_500)
-
-
-def parse_age(text: str, option: str = "--older-than", *, zero: bool = False) -> timedelta:
-    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero (or zero, `0`, when
-    `zero` allows it)."""
-    compact = text.strip().lower()
-    if zero and compact == "0":
-        return timedelta(0)
-    parts = _PART.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise ConfigError(
-            f"{option} {shown(text)} is not a duration such as 30d, 12h, 90m or 1d12h "
-            "(units s, m, h, d, w)"
-        )
-    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0 and not zero:
-        raise ConfigError(f"{option} {shown(text)} must be longer than zero")
-    if seconds > _MAX_AGE.total_seconds():
-        raise ConfigError(f"{option} {shown(text)} is longer than 100 years")
-    return timedelta(seconds=seconds)
 
 
 def register(sub: Any) -> None:

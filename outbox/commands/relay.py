@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import signal
@@ -88,6 +89,12 @@ def register(sub: Any) -> None:
         f"a failed one at warning; 0 turns the summary off (default {defaults.summary_every:g})",
     )
     parser.add_argument(
+        "--no-maintenance",
+        action="store_true",
+        help="host no scheduled maintenance (retention, OUTBOX_RETENTION); by default every "
+        "relay hosts it, and each job runs once per schedule however many relays run",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=whole_number(1, 65535),
         default=None,
@@ -119,7 +126,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             tally = runner.run(drain(db.url, settings, options))
             print(json.dumps(tally.__dict__))
             return 0
-        runner.run(serve(db.url, settings, options, metrics_port=args.metrics_port))
+        runner.run(
+            serve(
+                db.url,
+                settings,
+                options,
+                metrics_port=args.metrics_port,
+                maintenance=not args.no_maintenance,
+            )
+        )
     return 0
 
 
@@ -165,9 +180,15 @@ def _tune_gc() -> None:
 
 
 async def serve(
-    url: str, settings: Settings, options: Options, *, metrics_port: int | None = None
+    url: str,
+    settings: Settings,
+    options: Options,
+    *,
+    metrics_port: int | None = None,
+    maintenance: bool = True,
 ) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
+    """Run the relay, and unless told not to the scheduled maintenance, until SIGTERM or
+    SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -185,7 +206,10 @@ async def serve(
         observer = metrics.RelayMetrics()
         server = await metrics.serve(metrics_port, url, observer)
     try:
-        async with _sender(settings, options) as sender:
+        async with (
+            _sender(settings, options) as sender,
+            _maintenance(url, settings, stop, maintenance),
+        ):
             relay = Relay(store, sender, settings, options, observer=observer)
             _tune_gc()
             await relay.run(stop)
@@ -193,6 +217,19 @@ async def serve(
         if server is not None:
             await server.cleanup()
         await store.close()
+
+
+def _maintenance(
+    url: str, settings: Settings, stop: asyncio.Event, on: bool
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """The maintenance scheduler beside the relay (imported only then: pgqueuer takes a quarter
+    of a second to load)."""
+    if not on:
+        log.info("maintenance not hosted (--no-maintenance)")
+        return contextlib.nullcontext()
+    from outbox.relay import maintenance  # noqa: PLC0415 - only a relay that hosts it
+
+    return maintenance.hosted(url, settings, stop)
 
 
 def _sender(settings: Settings, options: Options) -> Sender:

@@ -1,4 +1,5 @@
-"""Forward-only migrations from sql/migrations, tracked with checksums under an advisory lock."""
+"""Forward-only migrations from sql/migrations, tracked with checksums under an advisory lock, then
+pgqueuer's tables for the relays' scheduled maintenance."""
 
 from __future__ import annotations
 
@@ -95,8 +96,22 @@ def pending(url: str, folder: Path | None = None) -> list[Migration]:
         return _verify(_applied(conn), files)
 
 
+def scheduler_missing(url: str) -> list[str]:
+    """The tables of the relays' scheduler that `outbox migrate` has yet to create."""
+    from outbox.db import scheduler  # noqa: PLC0415 - see migrate()
+
+    with connect(url) as conn:
+        return scheduler.missing_tables(conn)
+
+
 def migrate(url: str, folder: Path | None = None) -> list[Migration]:
-    """Apply every pending migration, each in its own transaction; returns what was applied."""
+    """Apply every pending migration, each in its own transaction, then create or upgrade
+    pgqueuer's tables (which pgqueuer versions itself, so they are not a numbered file); returns
+    the migrations applied."""
+    # Imported here: pgqueuer takes a quarter of a second to load, and pending(), which every
+    # relay calls at start, does not need it.
+    from outbox.db import scheduler  # noqa: PLC0415
+
     files = available(folder)
     done: list[Migration] = []
     with connect(url) as conn:
@@ -120,6 +135,12 @@ def migrate(url: str, folder: Path | None = None) -> list[Migration]:
                             f"{str(exc).strip().splitlines()[0]}"
                         ) from None
                 done.append(migration)
+            try:
+                scheduler.install(conn)
+            except psycopg.Error as exc:
+                raise OutboxError(
+                    f"installing pgqueuer's tables failed: {str(exc).strip().splitlines()[0]}"
+                ) from None
         finally:
             conn.execute("select pg_advisory_unlock(%s)", [LOCK_KEY])
     return done

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,33 @@ def test_all_runs_the_soak_long_enough_to_judge_dead_tuple_growth() -> None:
 )
 def test_a_target_is_met_only_by_a_measured_value_on_its_side(target: Target, met: bool) -> None:
     assert target.met is met
+
+
+# asyncpg comes with the bench extra alone; a None in sys.modules is how Python reports a module
+# that is not installed.
+WITHOUT_ASYNCPG = (
+    "import sys; sys.modules['asyncpg'] = None; "
+    "from outbox.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("scenario", ["peer", "all"])
+def test_the_peer_without_asyncpg_says_how_to_install_it_and_runs_nothing(
+    scenario: str, tmp_path: Path
+) -> None:
+    env = env_without_outbox()
+    env.update(DATABASE_URL="postgresql://postgres@127.0.0.1:1/x", PYTHONUNBUFFERED="1")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ASYNCPG, "bench", scenario, "--quick"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "outbox: error: the peer benchmark needs asyncpg: pip install 'stover-outbox[bench]'"
+    ]

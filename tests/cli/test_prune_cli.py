@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from outbox.commands.prune import parse_age
+from outbox.config import parse_age
 from outbox.errors import ConfigError
 
 from .test_deliveries_cli import delivery_of, emit, set_state

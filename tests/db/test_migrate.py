@@ -27,10 +27,12 @@ def outbox_env(url: str) -> dict[str, str]:
     return env
 
 
-def run_outbox(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_outbox(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "outbox", *args],
-        env=outbox_env(url),
+        env={**outbox_env(url), **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -164,7 +166,10 @@ def test_two_files_with_one_version_are_refused(tmp_path: Path) -> None:
 def test_check_lists_pending_files_then_reports_up_to_date(empty_db_url: str) -> None:
     before = run_outbox(empty_db_url, "migrate", "--check")
     assert before.returncode == 1, before.stderr
-    assert before.stdout.splitlines() == [f"pending {name}" for name in FILES]
+    assert before.stdout.splitlines() == [
+        *(f"pending {name}" for name in FILES),
+        "pending pgqueuer's tables (outbox.pgqueuer_log, outbox.pgqueuer_schedules)",
+    ]
     assert applied_versions_or_none(empty_db_url) is None
 
     done = run_outbox(empty_db_url, "migrate")

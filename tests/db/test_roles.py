@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from support import outbox_cmd
+from support import outbox_cmd, wait_until
+
+from tests.cli.test_deliveries_cli import emit
+from tests.cli.test_prune_cli import OLD, events
+from tests.relay import add_endpoint as add_relay_endpoint
+from tests.relay import receiving
+from tests.relay.test_maintenance import delivered_one, maintenance_env, maintenance_lines, relay
 
 from .conftest import connect_as
 from .rows import fan_out
@@ -100,3 +107,24 @@ def test_a_relay_with_outbox_relay_delivers_and_may_touch_nothing_else(
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 relay.execute(statement)
+
+
+def test_a_relay_with_outbox_relay_leaves_retention_to_a_role_that_may_delete(
+    conn: Conn, cli_env: dict[str, str], login: Any, tmp_path: Path
+) -> None:
+    old = emit(conn, "deal.created", OLD)
+    sidecar = login("outbox_relay")
+    env = {
+        **maintenance_env(cli_env),
+        "DATABASE_URL": make_conninfo(cli_env["DATABASE_URL"], user=sidecar),
+    }
+    log = tmp_path / "relay.log"
+    with receiving() as receiver, relay(env, log):
+        add_relay_endpoint(conn, receiver.url())
+        delivered_one(conn, receiver)
+        wait_until(lambda: maintenance_lines(log), what="the maintenance line")
+    (line,) = maintenance_lines(log)
+    assert line["level"] == "warning"
+    assert line["job"] == "outbox.retention"
+    assert line["lacking"] == ["DELETE on outbox.deliveries", "DELETE on outbox.events"]
+    assert old in events(conn)
