@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from datetime import timedelta
 from typing import Any
 
 from outbox import render
+from outbox.ages import parse_age
 from outbox.commands import counting_up_to
 from outbox.config import Settings
 from outbox.db import admin, connect, retention
-from outbox.errors import ConfigError
 from outbox.progress import Progress
 
 MAX_BATCH = 10_000
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_PART = re.compile(r"([0-9]+)([smhdw])")
-_MAX_AGE = timedelta(days=36_500)
-
-
-def parse_age(text: str, option: str = "--older-than") -> timedelta:
-    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero."""
-    compact = text.strip().lower()
-    parts = _PART.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise ConfigError(
-            f"{option} {text!r} is not a duration such as 30d, 12h, 90m or 1d12h "
-            "(units s, m, h, d, w)"
-        )
-    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"{option} {text!r} must be longer than zero")
-    if seconds > _MAX_AGE.total_seconds():
-        raise ConfigError(f"{option} {text!r} is longer than 100 years")
-    return timedelta(seconds=seconds)
 
 
 def register(sub: Any) -> None:
@@ -69,7 +47,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    age = parse_age(args.older_than)
+    age = parse_age(args.older_than, f"--older-than {args.older_than!r}")
     progress = Progress("prune")
     verb = "would remove" if args.dry_run else "removed"
 
