@@ -9,11 +9,13 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from outbox.ages import parse_age
 from outbox.errors import ConfigError, hide, scrub
 
 DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
@@ -27,6 +29,17 @@ MAX_PAYLOAD_BYTES_RANGE = (1_024, 64 * 1_048_576)
 DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT = 20
 MAX_ENDPOINTS_PER_ACCOUNT_RANGE = (1, 10_000)
 EMBEDDED_PGDATA = Path(".outbox") / "pgdata"
+BREAKER_AFTER_RANGE = (1, 1_000_000)
+DEFAULT_DISABLE_AFTER = timedelta(days=5)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """When an endpoint's circuit breaker opens and how its probes are spaced."""
+
+    after: int = 10  # consecutive failed attempts that open it
+    first_probe: float = 5.0  # seconds from opening to the first probe; doubled per failed probe
+    longest_probe: float = 300.0  # the most seconds between two probes
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class Settings:
     embedded_pgdata: Path = field(default=EMBEDDED_PGDATA)
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_endpoints_per_account: int = DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT
+    breaker: Breaker = field(default_factory=Breaker)
+    disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
 
     @property
     def lease_seconds(self) -> float:
@@ -102,6 +117,46 @@ def parse_whole(name: str, text: str, bounds: tuple[int, int], unit: str) -> int
 def parse_max_payload(text: str) -> int:
     """Parse `OUTBOX_MAX_PAYLOAD_BYTES`: a whole number of bytes within the allowed range."""
     return parse_whole("OUTBOX_MAX_PAYLOAD_BYTES", text, MAX_PAYLOAD_BYTES_RANGE, "bytes")
+
+
+def parse_probe_interval(text: str) -> tuple[float, float]:
+    """Parse `OUTBOX_BREAKER_PROBE_INTERVAL`: FIRST,LONGEST seconds, 0 < FIRST <= LONGEST."""
+    name = "OUTBOX_BREAKER_PROBE_INTERVAL"
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        first, longest = (float(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={text!r} is malformed: expected the seconds to the first probe and the most "
+            "between two probes, such as 5,300"
+        ) from None
+    if not (math.isfinite(longest) and 0 < first <= longest <= 86_400):
+        raise ConfigError(
+            f"{name}={text!r} must be two numbers of seconds, the first more than 0 and at most "
+            "the second, the second at most 86400"
+        )
+    return first, longest
+
+
+def parse_breaker(env: Mapping[str, str]) -> Breaker:
+    """`OUTBOX_BREAKER_AFTER` and `OUTBOX_BREAKER_PROBE_INTERVAL` as a Breaker."""
+    after = parse_whole(
+        "OUTBOX_BREAKER_AFTER",
+        env.get("OUTBOX_BREAKER_AFTER", str(Breaker.after)),
+        BREAKER_AFTER_RANGE,
+        "failed attempts",
+    )
+    first, longest = parse_probe_interval(
+        env.get(
+            "OUTBOX_BREAKER_PROBE_INTERVAL", f"{Breaker.first_probe:g},{Breaker.longest_probe:g}"
+        )
+    )
+    return Breaker(after, first, longest)
+
+
+def parse_disable_after(text: str) -> timedelta:
+    """Parse `OUTBOX_DISABLE_AFTER`: an age such as 5d or 36h, as `prune --older-than` takes."""
+    return parse_age(text, f"OUTBOX_DISABLE_AFTER={text!r}")
 
 
 # The password of a URI libpq cannot parse (postgres://user:password@host...), so that even the
@@ -196,4 +251,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             MAX_ENDPOINTS_PER_ACCOUNT_RANGE,
             "endpoints",
         ),
+        breaker=parse_breaker(env),
+        disable_after=parse_disable_after(env.get("OUTBOX_DISABLE_AFTER", "5d")),
     )
