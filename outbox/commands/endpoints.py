@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,7 +15,11 @@ from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 
-TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
+TYPES_HELP = (
+    "comma-separated event types: exact (deal.created), a prefix (deal.*), * for every "
+    "application event, or outbox.* for the operational events about the account's endpoints"
+)
+OPERATIONAL_PREFIX = "outbox."
 
 
 def mask(secret: str) -> str:
@@ -52,9 +57,13 @@ def parse_types(text: str, option: str = "--events") -> list[str]:
 
 
 def type_matches(pattern: str, event_type: str) -> bool:
-    """Does one pattern match an event type? The same rule as the SQL outbox.type_matches."""
-    if pattern in {"*", event_type}:
+    """Does one pattern match an event type? The same rule as the SQL outbox.type_matches: `*`
+    is every type but the outbox's own operational ones (`outbox.*`), which are subscribed to
+    by name or prefix."""
+    if pattern == event_type:
         return True
+    if pattern == "*":
+        return not event_type.startswith(OPERATIONAL_PREFIX)
     return pattern.endswith(".*") and event_type.startswith(pattern[:-1])
 
 
@@ -258,8 +267,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         render.Column("ON"),
         render.Column("PENDING", align=">"),
         render.Column("FAILED", align=">"),
+        render.Column("BREAKER"),
         render.Column("URL", flex=True, min_width=12, weight=2),
         render.Column("EVENTS", flex=True, min_width=8),
+        render.Column("DISABLED", flex=True, min_width=8, weight=0),
     ]
     rows = [
         (
@@ -268,13 +279,45 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             "yes" if e.enabled else "no",
             e.pending,
             e.failed,
+            "open" if e.breaker_opened_at is not None else "closed",
             e.url,
             ",".join(e.event_types),
+            _disabled_text(e.disabled_at, e.disabled_reason),
         )
         for e in endpoints
     ]
     render.emit_table(columns, rows)
     return 0
+
+
+def _disabled_text(at: datetime | None, reason: str | None) -> str:
+    """When and why an endpoint was disabled, as one cell or line."""
+    if at is None:
+        return render.NONE if reason is None else reason
+    when = render.timestamp(at)
+    return f"{when} {reason}" if reason else when
+
+
+def _breaker_text(endpoint: admin.EndpointDetail) -> str:
+    if endpoint.breaker_opened_at is None:
+        return "closed"
+    probes = endpoint.probes
+    return (
+        f"open since {render.timestamp(endpoint.breaker_opened_at)}, "
+        f"{probes} failed probe{'' if probes == 1 else 's'}, "
+        f"next probe at {render.timestamp(endpoint.probe_at)}"
+    )
+
+
+def _failing_text(endpoint: admin.EndpointDetail) -> str:
+    n = endpoint.consecutive_failures
+    if not n:
+        return render.NONE
+    return (
+        f"{n} failed attempt{'' if n == 1 else 's'} in a row, "
+        f"from {render.timestamp(endpoint.failing_since)} to "
+        f"{render.timestamp(endpoint.last_failure_at)}"
+    )
 
 
 def _account_text(account_id: str | None, all_accounts: bool) -> str:
@@ -308,6 +351,17 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "secret": secret,
         "created_at": endpoint.created_at,
         "updated_at": endpoint.updated_at,
+        "breaker": {
+            "state": "open" if endpoint.breaker_opened_at is not None else "closed",
+            "opened_at": endpoint.breaker_opened_at,
+            "next_probe_at": endpoint.probe_at,
+            "failed_probes": endpoint.probes,
+        },
+        "consecutive_failures": endpoint.consecutive_failures,
+        "failing_since": endpoint.failing_since,
+        "last_failure_at": endpoint.last_failure_at,
+        "disabled_at": endpoint.disabled_at,
+        "disabled_reason": endpoint.disabled_reason,
         "deliveries": {
             "pending": endpoint.pending,
             "failed": endpoint.failed,
@@ -323,6 +377,9 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("id", endpoint.id),
             ("url", endpoint.url),
             ("enabled", "yes" if endpoint.enabled else "no"),
+            ("disabled", _disabled_text(endpoint.disabled_at, endpoint.disabled_reason)),
+            ("breaker", _breaker_text(endpoint)),
+            ("failing", _failing_text(endpoint)),
             ("event types", ", ".join(endpoint.event_types)),
             ("description", endpoint.description or render.NONE),
             ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),
