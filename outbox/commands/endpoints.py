@@ -141,7 +141,11 @@ def _register_reads(actions: Any) -> None:
 def _register_changes(actions: Any) -> None:
     for verb, text in (
         ("disable", "stop sending to it; its pending deliveries wait until it is enabled"),
-        ("enable", "resume sending to it, starting with its pending deliveries"),
+        (
+            "enable",
+            "resume sending to it, starting with its pending deliveries; its circuit breaker "
+            "closes and its failed attempts are forgotten",
+        ),
     ):
         switch = actions.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         _endpoint_id(switch)

@@ -157,6 +157,9 @@ with matching as (
       and (%(until)s::timestamptz is null or e.created_at < %(until)s::timestamptz)
       and outbox.type_matches(%(subscribed)s::text[], e.type)
       and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
+      -- nor, like fan-out, an operational event about the endpoint itself
+      and not (starts_with(e.type, 'outbox.')
+               and e.data ->> 'endpoint_id' is not distinct from %(endpoint_id)s::text)
       and outbox.fanned_out(e.xid)
       -- fan-out's rule: the endpoint's own account's events, or, without an account, the events
       -- without one (every account's with all_accounts)
