@@ -40,7 +40,7 @@ from .test_delivery import UNREACHABLE_DB, refusal, run_relay_cli
 Conn = psycopg.Connection[Any]
 AFTER = 3  # OUTBOX_BREAKER_AFTER
 FIRST, LONGEST = 0.3, 1.2  # OUTBOX_BREAKER_PROBE_INTERVAL
-RUNG = 0.2  # every rung of the ladder after the first
+RUNG = 1.0  # every rung after the first: longer than any gap between two relays recording
 LADDER = [0.0] + [RUNG] * 11
 FAILING_ANSWER_S = 0.2  # how long the failing receiver takes to say 500
 
