@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -15,6 +16,7 @@ import croniter
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from outbox.ages import parse_age
 from outbox.errors import ConfigError, hide, scrub
 
 DEFAULT_LADDER = (0.0, 60.0, 300.0, 1800.0, 7200.0)
@@ -42,6 +44,17 @@ DEFAULT_RETENTION = timedelta(days=30)
 # wish, and it would remove events soon after they were delivered.
 MIN_RETENTION = timedelta(hours=1)
 DEFAULT_RETENTION_SCHEDULE = "15 3 * * *"
+BREAKER_AFTER_RANGE = (1, 1_000_000)
+DEFAULT_DISABLE_AFTER = timedelta(days=5)
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """When an endpoint's circuit breaker opens and how its probes are spaced."""
+
+    after: int = 10  # consecutive failed attempts that open it
+    first_probe: float = 5.0  # seconds from opening to the first probe; doubled per failed probe
+    longest_probe: float = 300.0  # the most seconds between two probes
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,8 @@ class Settings:
     max_endpoints_per_account: int = DEFAULT_MAX_ENDPOINTS_PER_ACCOUNT
     retention: timedelta | None = DEFAULT_RETENTION  # None: the relays remove nothing
     retention_schedule: str = DEFAULT_RETENTION_SCHEDULE
+    breaker: Breaker = field(default_factory=Breaker)
+    disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
 
     @property
     def lease_seconds(self) -> float:
@@ -117,33 +132,6 @@ def parse_whole(name: str, text: str, bounds: tuple[int, int], unit: str) -> int
     return value
 
 
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_AGE_PART = re.compile(r"([0-9]+)([smhdw])")
-_MAX_AGE = timedelta(days=36_500)
-
-
-def parse_age(text: str, option: str = "--older-than", *, zero: bool = False) -> timedelta:
-    """A duration such as 30d, 12h, 90m, 1d12h or 2w, longer than zero (or `0` when `zero`
-    allows it), given as `option` (a command's option, or a variable such as OUTBOX_RETENTION,
-    which errors name)."""
-    shown = repr(text if len(text) <= 60 else text[:60] + "…")
-    said = f"{option}={shown}" if option.startswith("OUTBOX_") else f"{option} {shown}"
-    compact = text.strip().lower()
-    if zero and compact == "0":
-        return timedelta(0)
-    parts = _AGE_PART.findall(compact)
-    if not compact or "".join(n + u for n, u in parts) != compact:
-        raise ConfigError(
-            f"{said} is not a duration such as 30d, 12h, 90m or 1d12h (units s, m, h, d, w)"
-        )
-    seconds = sum(int(n) * _AGE_UNITS[u] for n, u in parts)
-    if seconds <= 0 and not zero:
-        raise ConfigError(f"{said} must be longer than zero")
-    if seconds > _MAX_AGE.total_seconds():
-        raise ConfigError(f"{said} is longer than 100 years")
-    return timedelta(seconds=seconds)
-
-
 def parse_retention(text: str) -> timedelta | None:
     """Parse `OUTBOX_RETENTION`: an age of at least an hour, or `off`."""
     if text.strip().lower() == "off":
@@ -175,6 +163,46 @@ def parse_schedule(name: str, text: str) -> str:
 def parse_max_payload(text: str) -> int:
     """Parse `OUTBOX_MAX_PAYLOAD_BYTES`: a whole number of bytes within the allowed range."""
     return parse_whole("OUTBOX_MAX_PAYLOAD_BYTES", text, MAX_PAYLOAD_BYTES_RANGE, "bytes")
+
+
+def parse_probe_interval(text: str) -> tuple[float, float]:
+    """Parse `OUTBOX_BREAKER_PROBE_INTERVAL`: FIRST,LONGEST seconds, 0 < FIRST <= LONGEST."""
+    name = "OUTBOX_BREAKER_PROBE_INTERVAL"
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        first, longest = (float(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={text!r} is malformed: expected the seconds to the first probe and the most "
+            "between two probes, such as 5,300"
+        ) from None
+    if not (math.isfinite(longest) and 0 < first <= longest <= 86_400):
+        raise ConfigError(
+            f"{name}={text!r} must be two numbers of seconds, the first more than 0 and at most "
+            "the second, the second at most 86400"
+        )
+    return first, longest
+
+
+def parse_breaker(env: Mapping[str, str]) -> Breaker:
+    """`OUTBOX_BREAKER_AFTER` and `OUTBOX_BREAKER_PROBE_INTERVAL` as a Breaker."""
+    after = parse_whole(
+        "OUTBOX_BREAKER_AFTER",
+        env.get("OUTBOX_BREAKER_AFTER", str(Breaker.after)),
+        BREAKER_AFTER_RANGE,
+        "failed attempts",
+    )
+    first, longest = parse_probe_interval(
+        env.get(
+            "OUTBOX_BREAKER_PROBE_INTERVAL", f"{Breaker.first_probe:g},{Breaker.longest_probe:g}"
+        )
+    )
+    return Breaker(after, first, longest)
+
+
+def parse_disable_after(text: str) -> timedelta:
+    """Parse `OUTBOX_DISABLE_AFTER`: an age such as 5d or 36h, as `prune --older-than` takes."""
+    return parse_age(text, "OUTBOX_DISABLE_AFTER")
 
 
 # The password of a URI libpq cannot parse (postgres://user:password@host...), so that even the
@@ -305,4 +333,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "OUTBOX_RETENTION_SCHEDULE",
             env.get("OUTBOX_RETENTION_SCHEDULE", DEFAULT_RETENTION_SCHEDULE),
         ),
+        breaker=parse_breaker(env),
+        disable_after=parse_disable_after(env.get("OUTBOX_DISABLE_AFTER", "5d")),
     )

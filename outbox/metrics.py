@@ -70,6 +70,28 @@ class RelayMetrics:
             "How long ago the oldest committed event not fanned out yet was written (0: none).",
             registry=r,
         )
+        self.held = Gauge(
+            "outbox_deliveries_held",
+            "Deliveries due now but held back by their endpoint's open circuit breaker.",
+            registry=r,
+        )
+        self.breakers_open = Gauge(
+            "outbox_endpoints_breaker_open",
+            "Enabled endpoints whose circuit breaker is open.",
+            registry=r,
+        )
+        self.breaker_open_for = Gauge(
+            "outbox_endpoint_breaker_open_seconds",
+            "How long an endpoint's circuit breaker has been open; a series per endpoint while it "
+            "is open, none while it is closed.",
+            ["endpoint_id"],
+            registry=r,
+        )
+        self.disabled = Gauge(
+            "outbox_endpoints_disabled",
+            "Endpoints switched off: by an operator, a 410 Gone or sustained failure.",
+            registry=r,
+        )
         self.database_up = Gauge(
             "outbox_database_up", "1 when the last scrape could read the database.", registry=r
         )
@@ -90,6 +112,12 @@ class RelayMetrics:
         self.oldest_due_age.set(nan if backlog is None else backlog.oldest_due_age_s)
         self.fan_out_events.set(nan if backlog is None else backlog.fan_out_events)
         self.fan_out_age.set(nan if backlog is None else backlog.fan_out_age_s)
+        self.held.set(nan if backlog is None else backlog.held)
+        self.breakers_open.set(nan if backlog is None else len(backlog.breakers_open))
+        self.disabled.set(nan if backlog is None else backlog.endpoints_disabled)
+        self.breaker_open_for.clear()
+        for endpoint_id, seconds in ({} if backlog is None else backlog.breakers_open).items():
+            self.breaker_open_for.labels(endpoint_id).set(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

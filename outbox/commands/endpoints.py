@@ -11,14 +11,19 @@ from typing import Any
 
 from outbox import netguard, render, signing
 from outbox.accounts import check_account
+from outbox.ages import parse_age
 from outbox.commands import TYPE_PATTERN, argument, endpoint_id, event_type, shown
-from outbox.config import Settings, parse_age
+from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
 
 DESCRIPTION_LIMIT = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-TYPES_HELP = "comma-separated event types: exact (deal.created), a prefix (deal.*) or * for all"
+TYPES_HELP = (
+    "comma-separated event types: exact (deal.created), a prefix (deal.*), * for every "
+    "application event, or outbox.* for the operational events about the account's endpoints"
+)
+OPERATIONAL_PREFIX = "outbox."
 
 
 def mask(secret: str) -> str:
@@ -65,9 +70,13 @@ def parse_types(text: str, option: str = "--events") -> list[str]:
 
 
 def type_matches(pattern: str, event_type: str) -> bool:
-    """Does one pattern match an event type? The same rule as the SQL outbox.type_matches."""
-    if pattern in {"*", event_type}:
+    """Does one pattern match an event type? The same rule as the SQL outbox.type_matches: `*`
+    is every type but the outbox's own operational ones (`outbox.*`), which are subscribed to
+    by name or prefix."""
+    if pattern == event_type:
         return True
+    if pattern == "*":
+        return not event_type.startswith(OPERATIONAL_PREFIX)
     return pattern.endswith(".*") and event_type.startswith(pattern[:-1])
 
 
@@ -162,7 +171,11 @@ def _register_reads(actions: Any) -> None:
 def _register_changes(actions: Any) -> None:
     for verb, text in (
         ("disable", "stop sending to it; its pending deliveries wait until it is enabled"),
-        ("enable", "resume sending to it, starting with its pending deliveries"),
+        (
+            "enable",
+            "resume sending to it, starting with its pending deliveries; its circuit breaker "
+            "closes and its failed attempts are forgotten",
+        ),
     ):
         switch = actions.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         _endpoint_id(switch)
@@ -300,8 +313,10 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         render.Column("ON"),
         render.Column("PENDING", align=">"),
         render.Column("FAILED", align=">"),
+        render.Column("BREAKER"),
         render.Column("URL", flex=True, min_width=12, weight=2),
         render.Column("EVENTS", flex=True, min_width=8),
+        render.Column("DISABLED", flex=True, min_width=8, weight=0),
     ]
     rows = [
         (
@@ -310,13 +325,45 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             "yes" if e.enabled else "no",
             e.pending,
             e.failed,
+            "open" if e.breaker_opened_at is not None else "closed",
             e.url,
             ",".join(e.event_types),
+            _disabled_text(e.disabled_at, e.disabled_reason),
         )
         for e in endpoints
     ]
     render.emit_table(columns, rows)
     return 0
+
+
+def _disabled_text(at: datetime | None, reason: str | None) -> str:
+    """When and why an endpoint was disabled, as one cell or line."""
+    if at is None:
+        return render.NONE if reason is None else reason
+    when = render.timestamp(at)
+    return f"{when} {reason}" if reason else when
+
+
+def _breaker_text(endpoint: admin.EndpointDetail) -> str:
+    if endpoint.breaker_opened_at is None:
+        return "closed"
+    probes = endpoint.probes
+    return (
+        f"open since {render.timestamp(endpoint.breaker_opened_at)}, "
+        f"{probes} failed probe{'' if probes == 1 else 's'}, "
+        f"next probe at {render.timestamp(endpoint.probe_at)}"
+    )
+
+
+def _failing_text(endpoint: admin.EndpointDetail) -> str:
+    n = endpoint.consecutive_failures
+    if not n:
+        return render.NONE
+    return (
+        f"{n} failed attempt{'' if n == 1 else 's'} in a row, "
+        f"from {render.timestamp(endpoint.failing_since)} to "
+        f"{render.timestamp(endpoint.last_failure_at)}"
+    )
 
 
 def _account_text(account_id: str | None, all_accounts: bool) -> str:
@@ -351,6 +398,17 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "overlap_until": endpoint.previous_secret_until,
         "created_at": endpoint.created_at,
         "updated_at": endpoint.updated_at,
+        "breaker": {
+            "state": "open" if endpoint.breaker_opened_at is not None else "closed",
+            "opened_at": endpoint.breaker_opened_at,
+            "next_probe_at": endpoint.probe_at,
+            "failed_probes": endpoint.probes,
+        },
+        "consecutive_failures": endpoint.consecutive_failures,
+        "failing_since": endpoint.failing_since,
+        "last_failure_at": endpoint.last_failure_at,
+        "disabled_at": endpoint.disabled_at,
+        "disabled_reason": endpoint.disabled_reason,
         "deliveries": {
             "pending": endpoint.pending,
             "failed": endpoint.failed,
@@ -366,6 +424,9 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("id", endpoint.id),
             ("url", endpoint.url),
             ("enabled", "yes" if endpoint.enabled else "no"),
+            ("disabled", _disabled_text(endpoint.disabled_at, endpoint.disabled_reason)),
+            ("breaker", _breaker_text(endpoint)),
+            ("failing", _failing_text(endpoint)),
             ("event types", ", ".join(endpoint.event_types)),
             ("description", endpoint.description or render.NONE),
             ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),

@@ -8,8 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from outbox import render
+from outbox.ages import parse_age
 from outbox.commands import argument, counting_up_to
-from outbox.config import Settings, parse_age
+from outbox.config import Settings
 from outbox.db import admin, connect, retention
 from outbox.progress import Progress
 

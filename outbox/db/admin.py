@@ -31,6 +31,13 @@ class EndpointSummary:
     created_at: datetime
     account_id: str | None
     all_accounts: bool
+    consecutive_failures: int  # failed attempts since the last success
+    failing_since: datetime | None  # when the first of them started
+    breaker_opened_at: datetime | None  # set while its circuit breaker is open
+    probe_at: datetime | None  # while open: when the next probe may go
+    probes: int  # while open: failed probes so far
+    disabled_at: datetime | None
+    disabled_reason: str | None
     pending: int
     failed: int
 
@@ -48,6 +55,14 @@ class EndpointDetail:
     updated_at: datetime
     account_id: str | None
     all_accounts: bool
+    consecutive_failures: int
+    failing_since: datetime | None
+    last_failure_at: datetime | None
+    breaker_opened_at: datetime | None
+    probe_at: datetime | None
+    probes: int
+    disabled_at: datetime | None
+    disabled_reason: str | None
     secret: str = field(repr=False)
     pending: int
     failed: int

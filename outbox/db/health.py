@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -26,6 +26,10 @@ class Backlog:
     oldest_due_age_s: float
     fan_out_events: int = 0  # committed events that have no deliveries yet
     fan_out_age_s: float = 0.0  # how long ago the oldest of them was written
+    held: int = 0  # due, but held back by their endpoint's open circuit breaker
+    # Endpoints whose circuit breaker is open, with how long it has been, in seconds.
+    breakers_open: dict[str, float] = field(default_factory=dict)
+    endpoints_disabled: int = 0
 
 
 async def fan_out_lag(conn: psycopg.AsyncConnection[Any]) -> tuple[int, float]:
@@ -40,18 +44,23 @@ async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 async def backlog(url: str) -> Backlog | None:
-    """Count pending and due deliveries and age the oldest due one, and the fan-out's lag; None
-    if the database fails."""
+    """Count pending, due and held deliveries and age the oldest due one, the fan-out's lag, the
+    open circuit breakers and the disabled endpoints; None if the database fails."""
     try:
         async with await _connect(url) as conn:
             cur = await conn.execute(Q["backlog_measure"])
             row = await cur.fetchone()
             lag = await fan_out_lag(conn)
+            cur = await conn.execute(Q["endpoints_breakers"])
+            endpoints = await cur.fetchall()
     except psycopg.Error:
         return None
-    if row is None:
-        return Backlog(0, 0, 0.0, *lag)
-    return Backlog(int(row[0]), int(row[1]), float(row[2]), *lag)
+    pending, due, oldest, held = (0, 0, 0.0, 0) if row is None else row
+    opened = {str(e): float(age) for e, age, _ in endpoints if e is not None}
+    disabled = sum(int(n) for e, _, n in endpoints if e is None)
+    return Backlog(
+        int(pending), int(due), float(oldest), *lag, int(held), opened, endpoints_disabled=disabled
+    )
 
 
 async def lag(url: str) -> tuple[int, float] | None:

@@ -7,13 +7,15 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
 import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from outbox.config import Breaker
+from outbox.db import upkeep
 from outbox.db.connect import with_timeout
 from outbox.sqlfiles import queries
 
@@ -41,6 +43,8 @@ class Claimed:
     endpoint_id: str
     url: str
     secret: str = field(repr=False)  # kept out of any repr that reaches a log
+    probe: bool = False  # the one attempt its endpoint's open circuit breaker lets through
+    failing: bool = False  # its endpoint had failed attempts on record when it was claimed
     # The secret a rotation replaced, while its overlap lasts: it signs as well.
     previous_secret: str | None = field(default=None, repr=False)
 
@@ -69,6 +73,18 @@ class Result:
     status_code: int | None
     error: str | None
     response_body: str | None
+    endpoint_id: str = ""
+    probe: bool = False  # the attempt was its endpoint's breaker probe
+    failing: bool = False  # its endpoint had failed attempts on record when it was claimed
+    sent: bool = True  # the request went out: the outcome says something about the receiver
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An endpoint whose circuit breaker an outcome opened (`open`) or closed."""
+
+    endpoint_id: str
+    open: bool
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -99,6 +115,7 @@ def claim_statement(walk: bool) -> LiteralString:
 
 
 CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
+DEFAULT_BREAKER = Breaker()
 # How often the relay counts its enabled endpoints to choose between the two claims.
 RECOUNT_SECONDS = 10.0
 
@@ -165,10 +182,31 @@ class Store:
             return FanOutStep()
         return FanOutStep(int(row[1]), int(row[2]), bool(row[3]))
 
-    async def complete(self, results: Sequence[Result]) -> None:
-        outcomes = _outcomes_json(results)
+    async def complete(
+        self,
+        results: Sequence[Result],
+        verdicts: Sequence[Any] = (),
+        rule: Breaker = DEFAULT_BREAKER,
+    ) -> list[Transition]:
+        """Record outcomes; with `verdicts` (outbox.relay.breaker), first what they do to their
+        endpoints' breakers under `rule`, in the same transaction. Returns the endpoints whose
+        breaker that opened or closed."""
+        outcomes = {"outcomes": _outcomes_json(results)}
         async with self.pool.connection() as conn:
-            await conn.execute(Q["deliveries_complete"], {"outcomes": outcomes})
+            if not verdicts:
+                await conn.execute(Q["deliveries_complete"], outcomes)
+                return []
+            judging = {
+                "verdicts": orjson.dumps(verdicts).decode(),
+                "breaker_after": rule.after,
+                "probe_first": rule.first_probe,
+                "probe_longest": rule.longest_probe,
+            }
+            async with conn.transaction():
+                cur = await conn.execute(Q["endpoints_judge"], judging)
+                rows = await cur.fetchall()
+                await conn.execute(Q["deliveries_complete"], outcomes)
+        return [Transition(str(endpoint_id), bool(is_open)) for endpoint_id, is_open in rows]
 
     async def release(self, held: Sequence[Claimed]) -> None:
         if not held:
@@ -182,6 +220,11 @@ class Store:
     async def disable_endpoints(self, endpoint_ids: Sequence[str]) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["endpoints_disable_gone"], {"ids": list(endpoint_ids)})
+
+    async def disable_failing(self, after: timedelta) -> list[str]:
+        """Disable the endpoints whose attempts have all failed for `after`; their ids."""
+        async with self.pool.connection() as conn:
+            return await upkeep.disable_failing_endpoints(conn, after)
 
     async def next_due(self) -> float | None:
         """Seconds until the next delivery is due (<= 0: due now); None when nothing is pending."""

@@ -177,6 +177,9 @@ class Attempts:
             status_code=outcome.status_code,
             error=outcome.error,
             response_body=audit_text(outcome.response_body),
+            endpoint_id=c.endpoint_id,
+            probe=c.probe,
+            failing=c.failing,
         )
         if outcome.gone:
             self.gone.add(c.endpoint_id)
@@ -210,6 +213,11 @@ class Attempts:
             status_code=None,
             error=error,
             response_body=None,
+            endpoint_id=c.endpoint_id,
+            probe=c.probe,
+            failing=c.failing,
+            # Failed before or around the send: the receiver's breaker learns nothing from it.
+            sent=False,
         )
         self._report(c, result)
         return result

@@ -1,5 +1,6 @@
-"""Writes attempt outcomes to the database in batches, retrying through outages, and disables the
-endpoints that answered 410 Gone once their outcomes are written."""
+"""Writes attempt outcomes to the database in batches, retrying through outages, says which
+endpoints' circuit breakers they opened or closed, and disables the endpoints that answered 410
+Gone once their outcomes are written."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Callable
 
 import structlog
 
-from outbox.db.store import TRANSIENT, Result, Store
+from outbox.config import Breaker
+from outbox.db.store import DEFAULT_BREAKER, TRANSIENT, Result, Store, Transition
 from outbox.errors import first_line
+from outbox.relay.breaker import verdicts
 
 log = structlog.get_logger("outbox.relay")
 
@@ -19,9 +22,12 @@ class Recorder:
     """Outcomes queue here as attempts finish; `run()` writes whatever has queued, a batch at a
     time, while the attempts go on."""
 
-    def __init__(self, store: Store, take_gone: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, store: Store, take_gone: Callable[[], list[str]], breaker: Breaker = DEFAULT_BREAKER
+    ) -> None:
         self.store = store
         self.take_gone = take_gone
+        self.breaker = breaker
         self.since_vacuum = 0  # outcomes recorded since the last VACUUM
         self._queued: list[Result] = []
         self._writing: list[Result] = []  # the batch being written right now
@@ -54,8 +60,9 @@ class Recorder:
         backoff = 0.2
         while True:
             try:
-                await self.store.complete(results)
+                changed = await self.store.complete(results, verdicts(results), self.breaker)
                 self.since_vacuum += len(results)
+                _report(changed)
                 gone = self.take_gone()
                 if gone:
                     await self.store.disable_endpoints(gone)
@@ -73,3 +80,14 @@ class Recorder:
                 backoff = min(backoff * 2, 5.0)
             else:
                 return
+
+
+def _report(changed: list[Transition]) -> None:
+    opened = [t.endpoint_id for t in changed if t.open]
+    closed = [t.endpoint_id for t in changed if not t.open]
+    if opened:
+        log.warning(
+            "circuit breaker opened: deliveries wait, one probe at a time", endpoint_ids=opened
+        )
+    if closed:
+        log.info("circuit breaker closed: the endpoint answered again", endpoint_ids=closed)

@@ -42,6 +42,7 @@ class Options:
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
     vacuum_every: float = 10.0  # seconds between VACUUMs of deliveries while draining (0: off)
     summary_every: float = 10.0  # seconds between the info lines that count attempts (0: off)
+    disable_every: float = 60.0  # seconds between looks for endpoints to disable (0: off)
 
 
 def new_relay_id() -> str:
@@ -68,7 +69,7 @@ class Relay:
         self.relay_id = new_relay_id()
         self.fan_out = FanOut(store, pace)
         self.attempts = Attempts(sender, settings, clock, observer)
-        self.recorder = Recorder(store, self.attempts.take_gone)
+        self.recorder = Recorder(store, self.attempts.take_gone, settings.breaker)
         self.flight = Flight(opts.concurrency, opts.per_endpoint)
         pacing = Pacing(
             opts.batch, opts.poll_interval, opts.linger, opts.quiet, settings.lease_seconds
@@ -118,6 +119,9 @@ class Relay:
             ),
             asyncio.create_task(
                 duties.summarize(self.tally, self.fan_out, self.flight, opts.summary_every)
+            ),
+            asyncio.create_task(
+                duties.disable_failing(self.store, self.settings.disable_after, opts.disable_every)
             ),
             asyncio.create_task(self._nudge_on(stop)),
         ]
@@ -209,4 +213,10 @@ class Relay:
             "timeout_s": self.settings.timeout,
             "vacuum_every_s": o.vacuum_every,
             "summary_every_s": o.summary_every,
+            "breaker_after": self.settings.breaker.after,
+            "breaker_probe_interval_s": [
+                self.settings.breaker.first_probe,
+                self.settings.breaker.longest_probe,
+            ],
+            "disable_after_s": self.settings.disable_after.total_seconds(),
         }

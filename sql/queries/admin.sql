@@ -25,7 +25,8 @@ select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
 -- The pending count walks the endpoint's range of the partial pending index; the failed count walks the endpoint's
 -- deliveries, which is fine for an operator's listing.
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
-       ep.account_id, ep.all_accounts,
+       ep.account_id, ep.all_accounts, ep.consecutive_failures, ep.failing_since,
+       ep.breaker_opened_at, ep.probe_at, ep.probes, ep.disabled_at, ep.disabled_reason,
        (select count(*) from outbox.deliveries d
         where d.endpoint_id = ep.id and d.status = 'pending') as pending,
        (select count(*) from outbox.deliveries d
@@ -36,7 +37,9 @@ order by ep.created_at, ep.id;
 
 -- name: endpoint_get
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
-       ep.updated_at, ep.account_id, ep.all_accounts, ep.secret, c.pending, c.failed, c.delivered,
+       ep.updated_at, ep.account_id, ep.all_accounts, ep.consecutive_failures, ep.failing_since,
+       ep.last_failure_at, ep.breaker_opened_at, ep.probe_at, ep.probes, ep.disabled_at,
+       ep.disabled_reason, ep.secret, c.pending, c.failed, c.delivered,
        case when ep.previous_secret_until > now() then ep.previous_secret end as previous_secret,
        case when ep.previous_secret_until > now() then ep.previous_secret_until end
            as previous_secret_until
@@ -159,6 +162,9 @@ with matching as (
       and (%(until)s::timestamptz is null or e.created_at < %(until)s::timestamptz)
       and outbox.type_matches(%(subscribed)s::text[], e.type)
       and (%(types)s::text[] is null or outbox.type_matches(%(types)s::text[], e.type))
+      -- nor, like fan-out, an operational event about the endpoint itself
+      and not (starts_with(e.type, 'outbox.')
+               and e.data ->> 'endpoint_id' is not distinct from %(endpoint_id)s::text)
       and outbox.fanned_out(e.xid)
       -- fan-out's rule: the endpoint's own account's events, or, without an account, the events
       -- without one (every account's with all_accounts)

@@ -3,6 +3,13 @@
 -- delivery's own next_attempt_at pushed %(lease)s seconds ahead: a relay that dies leaves the row
 -- to come due again by itself, and the value it set doubles as the token its completion must match.
 --
+-- An endpoint whose circuit breaker is open (probe_at set) gives nothing until probe_at has
+-- passed, and then one delivery, the probe: the claim locks the endpoint's row (SKIP LOCKED, so
+-- a relay claiming at the same moment passes it by, and one that comes after finds probe_at
+-- moved) and pushes probe_at on by the lease, so one probe at a time is in flight across every
+-- relay; recording its outcome sets the next probe's time or closes the breaker. Endpoints with
+-- a closed breaker are listed, probed and locked as before.
+--
 -- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `turn`
 -- lists the enabled endpoints this relay is not skipping (%(busy)s: those at its per-endpoint
 -- cap) in descending id order starting below %(after)s, the last endpoint the relay's previous
@@ -26,7 +33,7 @@ with recursive async_commit as materialized (
 ),
 -- turn
 due as materialized (
-    select taken.id
+    select taken.id, turn.id as endpoint_id, turn.probe
     from turn
     cross join lateral (
         select d.id
@@ -35,10 +42,17 @@ due as materialized (
           and d.status = 'pending'
           and d.next_attempt_at <= now()
         order by d.next_attempt_at
-        limit %(limit)s
+        limit case when turn.probe then 1 else %(limit)s end
         for update of d skip locked
     ) taken
     limit %(limit)s
+),
+probing as (
+    update outbox.endpoints ep
+    set probe_at = now() + make_interval(secs => %(lease)s::float8)
+    where ep.id = any (array(select due.endpoint_id from due where due.probe))
+      -- Evaluated once: without a probe, the endpoints are not read at all.
+      and (select bool_or(due.probe) from due)
 ),
 -- PostgreSQL may run a prepared statement with a generic plan, and one made while the tables
 -- were still empty is kept until they are next analyzed: a join planned then (UPDATE ... FROM
@@ -56,7 +70,9 @@ claimed as (
 )
 select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
-       ep.id, ep.url, ep.secret, ep.previous_secret
+       ep.id, ep.url, ep.secret,
+       c.id = any (array(select due.id from due where due.probe)) as probe, ep.failing,
+       ep.previous_secret
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
@@ -66,6 +82,7 @@ cross join lateral (
 ) e
 cross join lateral (
     select ep.id, ep.url, ep.secret,
+           ep.consecutive_failures > 0 or ep.probe_at is not null as failing,
            -- During a rotation's overlap the replaced secret signs too.
            case when ep.previous_secret_until > now() then ep.previous_secret end
                as previous_secret
@@ -76,13 +93,28 @@ cross join lateral (
 
 -- name: deliveries_claim_turn_each
 -- The claim's `turn` with up to 100 enabled endpoints: each enabled endpoint not skipped, each to
--- be probed in deliveries_pending_idx whether it has anything due.
-turn (id) as (
-    select ep.id
-    from outbox.endpoints ep
-    where ep.enabled
-      and ep.id <> all (%(busy)s::text[])
-    order by ep.id >= %(after)s::text, ep.id desc
+-- be probed in deliveries_pending_idx whether it has anything due; an endpoint whose breaker is
+-- open only once its probe is due, and locked (the sub-select: FOR UPDATE takes no UNION).
+turn (id, probe) as (
+    select t.id, t.probe
+    from (
+        select ep.id, false as probe
+        from outbox.endpoints ep
+        where ep.enabled
+          and ep.probe_at is null
+          and ep.id <> all (%(busy)s::text[])
+        union all
+        select open.id, true
+        from (
+            select ep.id
+            from outbox.endpoints ep
+            where ep.enabled
+              and ep.probe_at <= now()
+              and ep.id <> all (%(busy)s::text[])
+            for update skip locked
+        ) open
+    ) t
+    order by t.id >= %(after)s::text, t.id desc
 ),
 
 -- name: deliveries_claim_turn_walk
@@ -118,17 +150,31 @@ from_top (id) as (
     from from_top
     where from_top.id >= %(after)s::text
 ),
-turn (id) as (
-    select walked.id
+-- An endpoint whose breaker is open is usable only once its probe is due, and locked; the second
+-- branch is never run for an endpoint the first one gave (LIMIT 1).
+turn (id, probe) as (
+    select walked.id, usable.probe
     from (select below.id from below where below.id is not null
           union all
           select from_top.id from from_top where from_top.id >= %(after)s::text) walked
     cross join lateral (
-        select 1
+        select false as probe
         from outbox.endpoints ep
         where ep.id = walked.id
           and ep.enabled
+          and ep.probe_at is null
           and ep.id <> all (%(busy)s::text[])
+        union all
+        select true
+        from (
+            select 1
+            from outbox.endpoints ep
+            where ep.id = walked.id
+              and ep.enabled
+              and ep.probe_at <= now()
+              and ep.id <> all (%(busy)s::text[])
+            for update skip locked
+        ) open
         limit 1
     ) usable
 ),
@@ -176,6 +222,75 @@ from outcome o
 join recorded r on r.id = o.id
 on conflict (delivery_id, attempt) do nothing;
 
+-- name: endpoints_judge
+-- What a batch of outcomes does to its endpoints' runs of failed attempts and circuit breakers,
+-- run before deliveries_complete in the same transaction when the batch has something to say
+-- (outbox.relay.breaker.verdicts): %(verdicts)s is a JSON array, per endpoint, of whether an
+-- attempt succeeded and the failed attempts that started after the latest success. A success ends
+-- the run (only the later failures stay in it) and closes the breaker; failures extend the run.
+-- A run of %(breaker_after)s opens the breaker, with the first probe %(probe_first)s seconds on;
+-- each failed probe doubles the wait, up to %(probe_longest)s. Returns the endpoints whose
+-- breaker it opened (true) or closed (false).
+--
+-- Rows are locked in id order, before the batch's deliveries: relays recording failures of the
+-- same endpoints, and an endpoint being deleted (its row, then its deliveries), never deadlock
+-- with it. Only rows that change are locked: a healthy endpoint's is read, not written.
+with verdict as (
+    select v.endpoint_id, v.succeeded, v.failures, v.first_failed, v.last_failed,
+           v.probes_failed
+    from json_to_recordset(%(verdicts)s::json) as v (
+        endpoint_id text, succeeded boolean, failures integer, first_failed timestamptz,
+        last_failed timestamptz, probes_failed integer
+    )
+),
+locked as materialized (
+    select ep.id, ep.consecutive_failures, ep.failing_since, ep.last_failure_at,
+           ep.breaker_opened_at, ep.probe_at, ep.probes,
+           v.succeeded, v.failures, v.first_failed, v.last_failed, v.probes_failed
+    from verdict v
+    join outbox.endpoints ep on ep.id = v.endpoint_id
+    where v.failures > 0 or ep.consecutive_failures > 0 or ep.breaker_opened_at is not null
+    order by ep.id
+    for no key update of ep
+),
+after_batch as (
+    select l.id, l.breaker_opened_at, l.probe_at, l.probes_failed,
+           not l.succeeded and l.breaker_opened_at is not null as stays_open,
+           l.probes + l.probes_failed as probes,
+           case when l.succeeded then l.failures
+                else l.consecutive_failures + l.failures end as failures,
+           case when l.succeeded then l.first_failed
+                else coalesce(l.failing_since, l.first_failed) end as failing_since,
+           case when l.succeeded then l.last_failed
+                else greatest(l.last_failure_at, l.last_failed) end as last_failure_at
+    from locked l
+),
+settled as (
+    update outbox.endpoints ep
+    set consecutive_failures = n.failures,
+        failing_since = n.failing_since,
+        last_failure_at = n.last_failure_at,
+        breaker_opened_at = case when n.stays_open then n.breaker_opened_at
+                                 when n.failures >= %(breaker_after)s::integer then now() end,
+        probes = case when n.stays_open then n.probes else 0 end,
+        probe_at = case
+            when n.stays_open and n.probes_failed > 0
+                then now() + make_interval(secs => least(
+                    %(probe_first)s::float8 * power(2.0, least(n.probes, 30)),
+                    %(probe_longest)s::float8))
+            when n.stays_open then n.probe_at
+            when n.failures >= %(breaker_after)s::integer
+                then now() + make_interval(secs => %(probe_first)s::float8)
+        end
+    from after_batch n
+    where ep.id = n.id
+    returning ep.id, ep.breaker_opened_at is not null as open
+)
+select s.id, s.open
+from settled s
+join locked l on l.id = s.id
+where s.open <> (l.breaker_opened_at is not null);
+
 -- name: deliveries_release
 -- Hand leases back (graceful shutdown, or claimed beyond an endpoint's cap): due again now.
 update outbox.deliveries d
@@ -186,8 +301,9 @@ where d.id = r.id
   and d.next_attempt_at = r.lease;
 
 -- name: deliveries_next_due
--- Seconds until the earliest pending delivery of an enabled endpoint comes due (negative when
--- one is due now), for the idle relay's sleep; NULL when nothing is pending. The endpoints with
+-- Seconds until the earliest pending delivery of an enabled endpoint comes due, or its endpoint's
+-- next probe when its breaker is open (negative when one is due now), for the idle relay's
+-- sleep; NULL when nothing is pending. The endpoints with
 -- pending deliveries are found as the claim finds them, by one descent of deliveries_pending_idx
 -- each, and each gives its soonest: idle endpoints cost nothing and a disabled endpoint's backlog
 -- is not read.
@@ -206,14 +322,15 @@ with recursive pending (id) as (
 select extract(epoch from min(soonest.at) - now())::float8
 from pending
 cross join lateral (
-    select 1
+    select ep.probe_at
     from outbox.endpoints ep
     where ep.id = pending.id
       and ep.enabled
     limit 1
 ) usable
 cross join lateral (
-    select d.next_attempt_at as at
+    -- An endpoint whose breaker is open gives nothing before its next probe.
+    select greatest(d.next_attempt_at, usable.probe_at) as at
     from outbox.deliveries d
     where d.endpoint_id = pending.id
       and d.status = 'pending'
@@ -225,6 +342,7 @@ cross join lateral (
 -- A 410 Gone answer means the receiver is gone for good (Standard Webhooks): stop sending.
 update outbox.endpoints
 set enabled = false,
+    disabled_reason = 'answered 410 Gone',
     description = case when description = '' then 'disabled: answered 410 Gone'
                        else description end
 where id = any (%(ids)s::text[])

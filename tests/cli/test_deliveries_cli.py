@@ -291,6 +291,30 @@ def test_replay_window_end_and_types_narrow_what_is_sent(
     assert rows == [(early, "pending")]
 
 
+def test_replay_sends_operational_events_but_never_those_about_the_endpoint_itself(
+    cli_env: dict[str, str], conn: Conn
+) -> None:
+    ops, _ = add_endpoint(conn, "https://ops.example.com/in", ["outbox.*"])
+    other, _ = add_endpoint(conn, "https://other.example.com/in", ["*"])
+    for endpoint_id in (ops, other):
+        conn.execute("update outbox.endpoints set enabled = false where id = %s", [endpoint_id])
+        conn.execute("update outbox.endpoints set enabled = true where id = %s", [endpoint_id])
+    fan_out(conn)
+    conn.execute("delete from outbox.deliveries")
+    since = iso(now(conn) - timedelta(days=1))
+
+    run = outbox(cli_env, "replay", "--endpoint", ops, "--since", since, "--json")
+
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["created"] == 2
+    about = conn.execute(
+        "select distinct e.data ->> 'endpoint_id' from outbox.deliveries d"
+        " join outbox.events e on e.id = d.event_id where d.endpoint_id = %s",
+        [ops],
+    ).fetchall()
+    assert about == [(other,)]
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

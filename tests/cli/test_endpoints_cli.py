@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox.commands.endpoints import check_types, check_url, parse_types
+from outbox.commands.endpoints import check_types, check_url, parse_types, type_matches
 from outbox.db import admin
 from outbox.errors import ConfigError, OutboxError
 from outbox.render import Column, shorten, table
@@ -235,9 +235,11 @@ def test_list_counts_backlog_and_shows_every_value_whole_when_piped_and_has_json
     assert "contact.*,deal.*,company.*,post.*" in lines[1].split()
     assert "…" not in table.out
     assert "\x1b" not in table.out
-    assert lines[0].split() == ["ID", "ACCOUNT", "ON", "PENDING", "FAILED", "URL", "EVENTS"]
-    assert lines[1].split()[:5] == [busy, "-", "yes", "2", "1"]
-    assert lines[2].split()[:5] == [idle, "-", "no", "0", "0"]
+    assert lines[0].split() == [
+        *("ID", "ACCOUNT", "ON", "PENDING", "FAILED", "BREAKER", "URL", "EVENTS", "DISABLED")
+    ]
+    assert lines[1].split()[:6] == [busy, "-", "yes", "2", "1", "closed"]
+    assert lines[2].split()[:6] == [idle, "-", "no", "0", "0", "closed"]
     listed = {e["id"]: e for e in json.loads(as_json.out)}
     assert listed[busy]["url"] == long_url
     assert listed[busy]["event_types"] == ["contact.*", "deal.*", "company.*", "post.*"]
@@ -344,3 +346,85 @@ def test_shortened_values_keep_both_ends_when_cut_in_the_middle() -> None:
     assert shorten("ep_0123456789abcdef", 9, "middle") == "ep_0…cdef"
     assert shorten("ep_0123456789abcdef", 9) == "ep_01234…"
     assert shorten("short", 9, "middle") == "short"
+
+
+def test_list_and_show_tell_an_open_breaker_and_why_an_endpoint_was_disabled(
+    cli_env: dict[str, str], conn: Conn
+) -> None:
+    tripped, _ = add_endpoint(conn, "https://hooks.example.com/tripped", ["*"])
+    dead, _ = add_endpoint(conn, "https://hooks.example.com/dead", ["*"])
+    conn.execute(
+        "update outbox.endpoints set consecutive_failures = 12,"
+        " failing_since = '2024-01-10 10:30:00Z', last_failure_at = '2024-01-10 11:00:00Z',"
+        " breaker_opened_at = '2024-01-10 10:31:00Z', probe_at = '2024-01-10 11:05:00Z',"
+        " probes = 4 where id = %s",
+        [tripped],
+    )
+    conn.execute(
+        "update outbox.endpoints set consecutive_failures = 300,"
+        " failing_since = now() - interval '6 days', last_failure_at = now() where id = %s",
+        [dead],
+    )
+    conn.execute("select outbox.disable_failing_endpoints('5 days')")
+
+    listing = outbox(cli_env, "endpoints", "list")
+    as_json = outbox(cli_env, "endpoints", "list", "--json")
+    shown = outbox(cli_env, "endpoints", "show", tripped)
+    shown_dead = outbox(cli_env, "endpoints", "show", dead, "--json")
+
+    assert listing.code == as_json.code == shown.code == shown_dead.code == 0, listing.err
+    rows = {line.split()[0]: line for line in listing.out.splitlines()[1:]}
+    assert rows[tripped].split()[2:6] == ["yes", "0", "0", "open"]
+    assert rows[tripped].split()[-1] == "-"
+    assert rows[dead].split()[2:6] == ["no", "0", "0", "closed"]
+    assert "every attempt failed for 5 days: 300 in a row since" in rows[dead]
+    listed = {e["id"]: e for e in json.loads(as_json.out)}
+    assert listed[tripped]["breaker_opened_at"] == "2024-01-10T10:31:00Z"
+    assert listed[tripped]["probe_at"] == "2024-01-10T11:05:00Z"
+    assert listed[tripped]["consecutive_failures"] == 12
+    assert listed[dead]["disabled_reason"].startswith("every attempt failed for 5 days")
+    assert listed[dead]["disabled_at"] is not None
+    described = fields(shown.out)
+    assert described["breaker"] == (
+        "open since 2024-01-10 10:31:00Z, 4 failed probes, next probe at 2024-01-10 11:05:00Z"
+    )
+    assert described["failing"] == (
+        "12 failed attempts in a row, from 2024-01-10 10:30:00Z to 2024-01-10 11:00:00Z"
+    )
+    assert described["disabled"] == "-"
+    document = json.loads(shown_dead.out)
+    assert document["enabled"] is False
+    assert document["breaker"] == {
+        "state": "closed",
+        "opened_at": None,
+        "next_probe_at": None,
+        "failed_probes": 0,
+    }
+    assert document["disabled_reason"].startswith("every attempt failed for 5 days")
+
+    # Enabled again: a fresh start, nothing left to show.
+    enabled = outbox(cli_env, "endpoints", "enable", dead)
+    assert enabled.code == 0, enabled.err
+    again = json.loads(outbox(cli_env, "endpoints", "show", dead, "--json").out)
+    assert (again["disabled_at"], again["disabled_reason"], again["consecutive_failures"]) == (
+        None,
+        None,
+        0,
+    )
+
+
+def test_outbox_star_is_a_subscription_and_star_leaves_operational_events_out(
+    cli_env: dict[str, str], conn: Conn
+) -> None:
+    run = outbox(
+        cli_env, "endpoints", "create", "https://ops.example.com/in", "--events", "outbox.*"
+    )
+    assert run.code == 0, run.err
+    endpoint_id = fields(run.out)["id"]
+    assert endpoint_row(conn, endpoint_id) is not None
+    known = admin.known_event_types(conn)
+    assert {"outbox.endpoint.disabled", "outbox.endpoint.enabled"} <= set(known)
+    assert not type_matches("*", "outbox.endpoint.disabled")
+    assert type_matches("outbox.*", "outbox.endpoint.disabled")
+    assert type_matches("outbox.endpoint.*", "outbox.endpoint.recovered")
+    assert type_matches("*", "deal.created")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from outbox.config import parse_age
+from outbox.ages import parse_age
 from outbox.errors import ConfigError
 
 from .test_deliveries_cli import delivery_of, emit, set_state
@@ -173,10 +173,10 @@ def test_bad_batch_size_is_a_usage_error(cli_env: dict[str, str]) -> None:
     ],
 )
 def test_ages(text: str, seconds: int) -> None:
-    assert parse_age(text) == timedelta(seconds=seconds)
+    assert parse_age(text, "--older-than") == timedelta(seconds=seconds)
 
 
 @pytest.mark.parametrize("text", ["", "d", "1.5d", "-1d", "1d 2h", "1y"])
 def test_not_ages(text: str) -> None:
     with pytest.raises(ConfigError):
-        parse_age(text)
+        parse_age(text, "--older-than")

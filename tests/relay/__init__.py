@@ -68,13 +68,14 @@ class Receiver(support.Receiver):
 
 
 @contextmanager
-def receiving(**kwargs: Any) -> Iterator[Receiver]:
-    """Run a Receiver on 127.0.0.1 in a background thread; stop it and close its loop on exit.
+def receiving(kind: type[Receiver] = Receiver, **kwargs: Any) -> Iterator[Receiver]:
+    """Run a Receiver (or a subclass, `kind`) on 127.0.0.1 in a background thread; stop it and
+    close its loop on exit.
 
     (support.running_receiver leaves its event loop unclosed, which the suite's warnings-as-errors
     reports as a failure in whichever test the garbage collector happens to run in.)
     """
-    receiver = Receiver(**kwargs)
+    receiver = kind(**kwargs)
     loop = asyncio.new_event_loop()
     runners: list[web.AppRunner] = []
 

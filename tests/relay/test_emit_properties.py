@@ -114,6 +114,7 @@ def emit_accepts(event_type: str | None, data: str | None, account: str | None) 
         event_type is not None
         and TYPE.fullmatch(event_type) is not None
         and len(event_type) <= 256
+        and not event_type.startswith("outbox.")  # the operational events' own
         and data is not None
         and data.lstrip().startswith("{")
         and (account is None or ACCOUNT.fullmatch(account) is not None)

@@ -144,3 +144,40 @@ def test_attempt_counters_move_after_deliveries(
     assert sample(text, "outbox_attempt_duration_seconds_count") == 6.0
     assert sample(text, "outbox_delivery_latency_seconds_count") == 2.0
     assert sample(text, "outbox_deliveries_pending") == 0.0
+
+
+async def test_breaker_gauges_name_open_breakers_count_what_they_hold_and_disabled_endpoints(
+    db_url: str, conn: Conn
+) -> None:
+    tripped = add_endpoint(conn, f"http://127.0.0.1:{closed_port()}/tripped")
+    healthy = add_endpoint(conn, f"http://127.0.0.1:{closed_port()}/healthy")
+    gone = add_endpoint(conn, f"http://127.0.0.1:{closed_port()}/gone")
+    conn.execute("insert into stover.companies (name) select 'c' || i from generate_series(1, 3) i")
+    fan_out(conn)
+    conn.execute(
+        "update outbox.endpoints set consecutive_failures = 10, failing_since = now(),"
+        " last_failure_at = now(), breaker_opened_at = now() - interval '90 seconds',"
+        " probe_at = now() + interval '1 minute' where id = %s",
+        [tripped.id],
+    )
+    conn.execute("update outbox.endpoints set enabled = false where id = %s", [gone.id])
+    async with serving(db_url) as base:
+        text = (await get(base + "/metrics")).text
+        conn.execute(
+            "update outbox.endpoints set breaker_opened_at = null, probe_at = null where id = %s",
+            [tripped.id],
+        )
+        closed = (await get(base + "/metrics")).text
+    assert sample(text, "outbox_deliveries_pending") == 9.0
+    # Due now: the healthy endpoint's; held: the tripped one's; the disabled one's are neither.
+    assert sample(text, "outbox_deliveries_due") == 3.0
+    assert sample(text, "outbox_deliveries_held") == 3.0
+    assert sample(text, "outbox_endpoints_breaker_open") == 1.0
+    assert sample(text, "outbox_endpoints_disabled") == 1.0
+    open_for = sample(text, "outbox_endpoint_breaker_open_seconds", f'endpoint_id="{tripped.id}"')
+    assert open_for is not None
+    assert open_for >= 90.0
+    assert healthy.id not in text
+    assert sample(closed, "outbox_endpoints_breaker_open") == 0.0
+    assert sample(closed, "outbox_deliveries_held") == 0.0
+    assert "outbox_endpoint_breaker_open_seconds{" not in closed
