@@ -44,6 +44,7 @@ DEFAULT_RETENTION = timedelta(days=30)
 # wish, and it would remove events soon after they were delivered.
 MIN_RETENTION = timedelta(hours=1)
 DEFAULT_RETENTION_SCHEDULE = "15 3 * * *"
+DEFAULT_DISABLE_SCHEDULE = "* * * * *"  # the auto-disable sweep: every minute
 BREAKER_AFTER_RANGE = (1, 1_000_000)
 DEFAULT_DISABLE_AFTER = timedelta(days=5)
 
@@ -74,6 +75,7 @@ class Settings:
     retention_schedule: str = DEFAULT_RETENTION_SCHEDULE
     breaker: Breaker = field(default_factory=Breaker)
     disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
+    disable_schedule: str = DEFAULT_DISABLE_SCHEDULE
 
     @property
     def lease_seconds(self) -> float:
@@ -335,4 +337,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         breaker=parse_breaker(env),
         disable_after=parse_disable_after(env.get("OUTBOX_DISABLE_AFTER", "5d")),
+        disable_schedule=parse_schedule(
+            "OUTBOX_DISABLE_SCHEDULE",
+            env.get("OUTBOX_DISABLE_SCHEDULE", DEFAULT_DISABLE_SCHEDULE),
+        ),
     )

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, LiteralString
 
 import orjson
@@ -15,7 +15,6 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from outbox.config import Breaker
-from outbox.db import upkeep
 from outbox.db.connect import with_timeout
 from outbox.sqlfiles import queries
 
@@ -220,11 +219,6 @@ class Store:
     async def disable_endpoints(self, endpoint_ids: Sequence[str]) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["endpoints_disable_gone"], {"ids": list(endpoint_ids)})
-
-    async def disable_failing(self, after: timedelta) -> list[str]:
-        """Disable the endpoints whose attempts have all failed for `after`; their ids."""
-        async with self.pool.connection() as conn:
-            return await upkeep.disable_failing_endpoints(conn, after)
 
     async def next_due(self) -> float | None:
         """Seconds until the next delivery is due (<= 0: due now); None when nothing is pending."""

@@ -1,4 +1,5 @@
-"""Upkeep of endpoints that a scheduler runs now and then: disabling those that keep failing."""
+"""Upkeep of endpoints that the relays' scheduled maintenance runs: disabling those that keep
+failing."""
 
 from __future__ import annotations
 
@@ -12,12 +13,10 @@ from outbox.sqlfiles import queries
 Q = queries("endpoints")
 
 
-async def disable_failing_endpoints(
-    conn: psycopg.AsyncConnection[Any], after: timedelta
-) -> list[str]:
+def disable_failing_endpoints(conn: psycopg.Connection[Any], after: timedelta) -> list[str]:
     """Disable every enabled endpoint whose attempts have all failed over a span of `after`
     (outbox.disable_failing_endpoints), recording when and why and raising its
     outbox.endpoint.disabled event; returns their ids. Safe to call from any number of processes
     at once, on an autocommit connection or inside the caller's transaction."""
-    cur = await conn.execute(Q["endpoints_disable_failing"], {"after": after})
-    return [str(endpoint_id) for (endpoint_id,) in await cur.fetchall()]
+    cur = conn.execute(Q["endpoints_disable_failing"], {"after": after})
+    return [str(endpoint_id) for (endpoint_id,) in cur.fetchall()]

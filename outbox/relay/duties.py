@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 import psycopg
 import structlog
@@ -88,24 +87,6 @@ async def summarize(tally: Tally, fan_out: FanOut, flight: Flight, every: float)
             )
         seen, since = dataclasses.replace(tally), now
         fanned = (fan_out.events, fan_out.deliveries)
-
-
-async def disable_failing(store: Store, after: timedelta, every: float) -> None:
-    """Every `every` seconds, from start-up on, disable the endpoints whose attempts have all
-    failed for `after` (outbox.db.upkeep; any relay may, and a scheduler may instead)."""
-    while every > 0:
-        try:
-            disabled = await store.disable_failing(after)
-        except psycopg.Error as exc:
-            log.warning("could not disable failing endpoints", error=first_line(exc))
-        else:
-            if disabled:
-                log.warning(
-                    "endpoints disabled: every attempt failed",
-                    endpoint_ids=disabled,
-                    failing_for_s=after.total_seconds(),
-                )
-        await asyncio.sleep(every)
 
 
 async def listen_for_wake_ups(url: str, wake: Callable[[], None]) -> None:

@@ -21,7 +21,7 @@ from pgqueuer.executors import ScheduleExecutor
 from pgqueuer.models import Schedule
 
 from outbox.config import Settings
-from outbox.db import retention, scheduler
+from outbox.db import retention, scheduler, upkeep
 from outbox.errors import first_line
 
 log = structlog.get_logger("outbox.maintenance")
@@ -59,8 +59,7 @@ def jobs(settings: Settings) -> list[Job]:
     """The jobs a relay hosts: one line each, None where a setting turns the job off."""
     registry = [
         retention_job(settings),
-        # The auto-disable sweep goes here, on a schedule of its own: a Job whose work calls the
-        # SQL function outbox.disable_failing_endpoints(interval) on the connection it is given.
+        disable_job(settings),
     ]
     return [job for job in registry if job is not None]
 
@@ -72,6 +71,27 @@ def retention_job(settings: Settings) -> Job | None:
     work = functools.partial(prune, settings.retention)
     needs = (("outbox.events", "delete"), ("outbox.deliveries", "delete"))
     return Job("outbox.retention", settings.retention_schedule, work, needs)
+
+
+def disable_job(settings: Settings) -> Job:
+    """`OUTBOX_DISABLE_AFTER`: disable the endpoints whose every attempt has failed that long,
+    looked for on `OUTBOX_DISABLE_SCHEDULE` (every minute)."""
+    work = functools.partial(disable_failing, settings.disable_after)
+    # outbox_relay may: the function writes only the columns the relay's role may update.
+    return Job("outbox.disable_failing", settings.disable_schedule, work)
+
+
+def disable_failing(after: timedelta, conn: retention.Connection, halt: threading.Event) -> Counts:
+    """Disable, with the reason and the outbox.endpoint.disabled event, every enabled endpoint
+    whose attempts have all failed over a span of `after`."""
+    disabled = upkeep.disable_failing_endpoints(conn, after)
+    if disabled:
+        log.warning(
+            "endpoints disabled: every attempt failed",
+            endpoint_ids=disabled,
+            failing_for_s=after.total_seconds(),
+        )
+    return {"disabled": len(disabled)}
 
 
 def prune(age: timedelta, conn: retention.Connection, halt: threading.Event) -> Counts:

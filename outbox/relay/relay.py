@@ -42,7 +42,6 @@ class Options:
     grace: float = 10.0  # on shutdown, how long in-flight attempts may run before being cut off
     vacuum_every: float = 10.0  # seconds between VACUUMs of deliveries while draining (0: off)
     summary_every: float = 10.0  # seconds between the info lines that count attempts (0: off)
-    disable_every: float = 60.0  # seconds between looks for endpoints to disable (0: off)
 
 
 def new_relay_id() -> str:
@@ -119,9 +118,6 @@ class Relay:
             ),
             asyncio.create_task(
                 duties.summarize(self.tally, self.fan_out, self.flight, opts.summary_every)
-            ),
-            asyncio.create_task(
-                duties.disable_failing(self.store, self.settings.disable_after, opts.disable_every)
             ),
             asyncio.create_task(self._nudge_on(stop)),
         ]

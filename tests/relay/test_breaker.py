@@ -273,7 +273,8 @@ def test_an_endpoint_failing_for_days_is_disabled_and_the_operator_is_told_not_t
             " where id = %s",
             [dead.id],
         )
-        relay = start_logged_relay(relay_env(cli_env, ladder="0"), tmp_path / "relay.log")
+        env = {**relay_env(cli_env, ladder="0"), "OUTBOX_DISABLE_SCHEDULE": "* * * * * *"}
+        relay = start_logged_relay(env, tmp_path / "relay.log")
         try:
             receiver.wait_count(1, "/ops")
             enabled = subprocess.run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 from pgqueuer.adapters.persistence import schema_ddl
 from support import outbox_cmd, stop, wait_until
 
+from outbox.config import load
 from outbox.db import scheduler
+from outbox.relay import maintenance
 from tests.cli.test_deliveries_cli import delivery_of, emit, set_state
 from tests.cli.test_prune_cli import OLD, add_attempt, attempts_count, deliveries_of, events
 from tests.db.rows import fan_out
@@ -114,7 +117,11 @@ def test_a_relay_removes_what_prune_would_and_keeps_young_and_pending_events(
     assert later == []  # the first run removed every old event
     assert first["job"] == "outbox.retention"
     assert (first["events"], first["deliveries"], first["kept"]) == (OLD_BULK + 1, OLD_BULK + 1, 1)
-    assert events(conn) == {history["retrying"], history["young"]}
+    # (Disabling an endpoint in the fixture raised a young outbox.endpoint.disabled event.)
+    operational = {
+        r[0] for r in conn.execute("select id from outbox.events where type like 'outbox.%'")
+    }
+    assert events(conn) - operational == {history["retrying"], history["young"]}
     assert deliveries_of(conn, history["retrying"]) == ["delivered", "pending"]
     assert deliveries_of(conn, history["young"]) == ["delivered"]
     assert attempts_count(conn) == 2  # the failed delivery's attempt went with it
@@ -142,7 +149,10 @@ def test_retention_off_or_no_maintenance_hosts_nothing(
     assert [r["event"] for r in maintenance_lines(quiet[0])] == [
         "maintenance not hosted (--no-maintenance)"
     ]
-    assert [r["event"] for r in maintenance_lines(quiet[1])] == ["maintenance: no job to host"]
+    # Retention off: the relay hosts the auto-disable sweep alone.
+    [hosted] = log_records(quiet[1], "maintenance hosted")
+    assert hosted["jobs"] == {"outbox.disable_failing": "* * * * *"}
+    assert not [r for r in runs(quiet[1]) if r["job"] == "outbox.retention"]
 
 
 def test_an_installation_without_pgqueuers_tables_delivers_without_maintenance(
@@ -188,3 +198,27 @@ def test_a_bad_setting_stops_the_relay_with_one_line(
     assert len(lines) == 1, done.stderr
     assert f"{name}={value!r}" in lines[0]
     assert needle in lines[0]
+
+
+def test_the_auto_disable_sweep_is_a_scheduled_job_that_disables_what_fails_for_days(
+    conn: Conn, db_url: str
+) -> None:
+    settings = load({"DATABASE_URL": db_url, "OUTBOX_RETENTION": "off"})
+    [job] = maintenance.jobs(settings)
+    assert (job.name, job.schedule, job.needs) == ("outbox.disable_failing", "* * * * *", ())
+    dead = add_endpoint(conn, "http://127.0.0.1:9/dead").id
+    alive = add_endpoint(conn, "http://127.0.0.1:9/alive").id
+    conn.execute(
+        "update outbox.endpoints set consecutive_failures = 40,"
+        " failing_since = now() - interval '6 days', last_failure_at = now() where id = %s",
+        [dead],
+    )
+    with scheduler.job_connection(db_url) as job_conn:
+        counts = job.work(job_conn, threading.Event())
+    assert counts == {"disabled": 1}
+    enabled = dict(conn.execute("select id, enabled from outbox.endpoints").fetchall())
+    assert enabled == {dead: False, alive: True}
+    [(event_type,)] = conn.execute(
+        "select type from outbox.events where type like 'outbox.%'"
+    ).fetchall()
+    assert event_type == "outbox.endpoint.disabled"
