@@ -37,7 +37,18 @@ class _Parser(argparse.ArgumentParser):
             problem = _unreadable(word)
             if problem is not None:
                 self.error(f"argument {position} {problem}")
-        return super().parse_known_args(words, namespace)
+        parsed, extras = super().parse_known_args(words, namespace)
+        # `--status --`: argparse takes the `--` that ends the options as an empty list of
+        # values for the option before it, which would then read as "no filter".
+        for action in self._actions:
+            if (
+                isinstance(action, argparse._StoreAction)  # one value, not a list
+                and action.option_strings
+                and action.nargs is None
+                and isinstance(getattr(parsed, action.dest, None), list)
+            ):
+                self.error(f"argument {action.option_strings[0]}: expected one argument")
+        return parsed, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # A check that names its option already ("--since 'x' is not…") needs no "argument

@@ -227,3 +227,19 @@ def test_the_command_refuses_before_it_touches_the_database(cases: list[tuple[st
         # One line, and no "database: …" notice: nothing was tried with the value.
         [line] = err.splitlines()
         assert line.startswith("outbox: error: "), case
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["deliveries", "list", "--status", "--"],
+        ["deliveries", "list", "--event-type", "--"],
+        ["redeliver", "--failed", "--since", "--"],
+    ],
+)
+def test_the_end_of_options_marker_is_not_an_empty_value(words: list[str]) -> None:
+    """argparse reads `--option --` as an empty list of values, which would filter nothing."""
+    namespace, err = parse(words)
+    assert namespace is None
+    [line] = err.splitlines()
+    assert line.startswith(f"outbox: error: argument {words[-2]}")

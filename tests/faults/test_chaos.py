@@ -155,7 +155,7 @@ def _settled(url: str) -> bool:
         url,
         "select ((select count(*) from outbox.deliveries"
         "         where status in ('delivered', 'failed'))"
-        "        = %s * (select count(*) from outbox.events)"
+        "        = %s * (select count(*) from outbox.events where type not like 'outbox.%%')"
         "    and not exists (select from outbox.deliveries where status = 'pending'))::int",
         [len(ENDPOINTS)],
     )
@@ -183,6 +183,9 @@ def test_chaos_every_event_delivered_or_failed_as_the_ladder_says_none_lost(
         server.env,
         TIMEOUT=f"{TIMEOUT:g}",
         RETRY_LADDER=",".join(f"{rung:g}" for rung in LADDER),
+        # A run of failures opens an endpoint's circuit breaker now and then: its probes come
+        # within a second, so the held deliveries go on (keeping their rungs) inside the wait.
+        BREAKER_PROBE_INTERVAL="0.2,1",
     )
     args = ("--concurrency", str(CONCURRENCY), "--grace", "1")
     # The plan, drawn up front: kills of random relays at random moments, each started again
@@ -261,7 +264,7 @@ def test_chaos_every_event_delivered_or_failed_as_the_ladder_says_none_lost(
         name_of = {
             str(event_id): str(name)
             for event_id, name in conn.execute(
-                "select id, data ->> 'first_name' from outbox.events"
+                "select id, data ->> 'first_name' from outbox.events where type not like 'outbox.%'"
             ).fetchall()
         }
         deliveries = conn.execute(
