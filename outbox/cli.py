@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -37,18 +38,13 @@ class _Parser(argparse.ArgumentParser):
             problem = _unreadable(word)
             if problem is not None:
                 self.error(f"argument {position} {problem}")
-        parsed, extras = super().parse_known_args(words, namespace)
         # `--status --`: argparse takes the `--` that ends the options as an empty list of
         # values for the option before it, which would then read as "no filter".
-        for action in self._actions:
-            if (
-                isinstance(action, argparse._StoreAction)  # one value, not a list
-                and action.option_strings
-                and action.nargs is None
-                and isinstance(getattr(parsed, action.dest, None), list)
-            ):
-                self.error(f"argument {action.option_strings[0]}: expected one argument")
-        return parsed, extras
+        for word, following in itertools.pairwise(words):
+            action = self._option_string_actions.get(word)
+            if following == "--" and isinstance(action, argparse._StoreAction):  # one value
+                self.error(f"argument {word}: expected one argument")
+        return super().parse_known_args(words, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # A check that names its option already ("--since 'x' is not…") needs no "argument
