@@ -38,12 +38,13 @@ class _Parser(argparse.ArgumentParser):
             problem = _unreadable(word)
             if problem is not None:
                 self.error(f"argument {position} {problem}")
-        # `--status --`: argparse takes the `--` that ends the options as an empty list of
-        # values for the option before it, which would then read as "no filter".
-        for word, following in itertools.pairwise(words):
-            action = self._option_string_actions.get(word)
-            if following == "--" and isinstance(action, argparse._StoreAction):  # one value
-                self.error(f"argument {word}: expected one argument")
+        # `--status --` and `--status=--`: argparse takes the `--` that ends the options as an
+        # empty list of values for the option, which would then read as "no filter".
+        for word, following in itertools.pairwise([*words, ""]):
+            option, equals, value = word.partition("=")
+            empty = value == "--" if equals else following == "--"
+            if empty and isinstance(self._option_string_actions.get(option), argparse._StoreAction):
+                self.error(f"argument {option}: expected one argument")
         return super().parse_known_args(words, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]

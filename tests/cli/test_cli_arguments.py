@@ -233,6 +233,7 @@ def test_the_command_refuses_before_it_touches_the_database(cases: list[tuple[st
     "words",
     [
         ["deliveries", "list", "--status", "--"],
+        ["deliveries", "list", "--status=--"],
         ["deliveries", "list", "--event-type", "--"],
         ["redeliver", "--failed", "--since", "--"],
     ],
@@ -242,4 +243,5 @@ def test_the_end_of_options_marker_is_not_an_empty_value(words: list[str]) -> No
     namespace, err = parse(words)
     assert namespace is None
     [line] = err.splitlines()
-    assert line.startswith(f"outbox: error: argument {words[-2]}")
+    option = words[-1].partition("=")[0] if "=" in words[-1] else words[-2]
+    assert line.startswith(f"outbox: error: argument {option}")
