@@ -60,6 +60,7 @@ PLAIN = Side("plain", "plain", "off")
 SIDES = (
     Side("1_endpoint", "capture, 1 endpoint", "outbox", 1),
     Side("10_endpoints", "capture, 10 endpoints", "outbox", 10),
+    Side("no_account", "capture without an account column", "no_account", 1),
     PLAIN,
     Side("floor", "floor", "floor"),
     Side("reference", "reference", "reference"),
@@ -67,6 +68,7 @@ SIDES = (
 PGQ = Side("pgq", "PgQ", "pgq")
 ENDPOINTS = 10  # subscribed to every type; as many enabled as the side says
 SELF_TARGET = 0.95  # capture with 10 endpoints / with 1
+ACCOUNT_TARGET = 0.98  # capture taking the account from a column / with no account column
 FLOOR_MARGIN = 0.03  # a ratio within this of a floor below its target meets it
 
 CASES = (
@@ -165,6 +167,9 @@ def _case_figures(
     targets[f"{case.name}_10_endpoints_vs_1"] = at_least(
         ratio(by_side["10_endpoints"], by_side["1_endpoint"]), SELF_TARGET
     )
+    with_account = ratio(by_side["1_endpoint"], by_side["no_account"])
+    figures[f"{case.name}_account_vs_none"] = with_account
+    targets[f"{case.name}_account_vs_none"] = at_least(with_account, ACCOUNT_TARGET)
 
 
 def _notes(bench: Bench, rounds: int, *, pgq: bool) -> list[str]:
@@ -177,6 +182,9 @@ def _notes(bench: Bench, rounds: int, *, pgq: bool) -> list[str]:
         "100-row case at 4 clients",
         "*_ratio_1_endpoint / *_10_endpoints: the outbox's capture with 1 or 10 enabled "
         "endpoints subscribed to every type (capture writes the event row alone either way)",
+        "every row written for account 1; *_account_vs_none: capture taking each event's "
+        "account from account_id (as the reference tables are attached) over the same trigger "
+        "given no account column, paired round by round",
         "*_ratio_floor: one tiny row per statement (identity and xid) into an unindexed table: "
         "the least a trigger can do; a single-row target below it becomes floor - "
         f"{FLOOR_MARGIN}",

@@ -20,7 +20,7 @@ from outbox.sqlfiles import queries
 
 Q = queries("bench")
 EventRow = tuple[str, str, datetime, str, str | None]
-Capture = Literal["outbox", "reference", "floor", "pgq", "off"]
+Capture = Literal["outbox", "no_account", "reference", "floor", "pgq", "off"]
 
 
 def _open(url: str) -> psycopg.Connection[Any]:
@@ -184,6 +184,7 @@ class BenchDb:
         where the server has it, all switched off; returns whether PgQ's was added."""
         self.conn.execute(Q["bench_reference_install"])
         self.conn.execute(Q["bench_floor_install"])
+        self.conn.execute(Q["bench_account_install"])
         self._pgq = bool(self._value("bench_pgq_available"))
         if self._pgq:
             try:
@@ -194,12 +195,13 @@ class BenchDb:
         return bool(self._pgq)
 
     def capture(self, mode: Capture) -> None:
-        """Which triggers run on INSERTs into stover.contacts: the outbox's, the reference, the
-        floor or PgQ's trigger (after install_references), or none."""
+        """Which triggers run on INSERTs into stover.contacts: the outbox's (taking the account
+        from account_id, or as for a table without an account column), the reference, the floor
+        or PgQ's trigger (after install_references), or none."""
         self.conn.execute(Q[f"bench_capture_{mode}"])
         if self._pgq is None:
             self._pgq = bool(self._value("bench_pgq_installed"))
-        if mode == "outbox" and self._pgq:
+        if mode in ("outbox", "no_account") and self._pgq:
             self.conn.execute(Q["bench_pgq_off"])
 
     def enable_endpoints(self, count: int) -> None:

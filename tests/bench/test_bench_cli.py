@@ -25,7 +25,12 @@ TARGETS = {
     "capture": {
         f"{case}_{name}"
         for case in ("1_client", "4_clients", "8_clients", "100_row")
-        for name in ("ratio_1_endpoint", "ratio_10_endpoints", "10_endpoints_vs_1")
+        for name in (
+            "ratio_1_endpoint",
+            "ratio_10_endpoints",
+            "10_endpoints_vs_1",
+            "account_vs_none",
+        )
     },
     "fanout": {"deliveries_per_s"},
     "accounts": {"many_over_one"},
@@ -91,6 +96,7 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
         for case in ("1_client", "4_clients", "8_clients", "100_row"):
             assert report["figures"][f"{case}_ratio_reference"] > 0
             assert report["figures"][f"{case}_ratio_floor"] > 0
+            assert report["figures"][f"{case}_ratio_no_account"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs

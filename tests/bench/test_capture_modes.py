@@ -30,6 +30,7 @@ def _counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
     [
         ("outbox", 1, (1, 0, 0, 0)),
         ("outbox", 10, (1, 0, 0, 0)),
+        ("no_account", 1, (1, 0, 0, 0)),
         ("floor", 1, (0, 0, 0, 1)),
         ("reference", 1, (0, 0, 1, 0)),
         ("off", 1, (0, 0, 0, 0)),
@@ -49,6 +50,27 @@ def test_each_capture_mode_writes_only_its_own_rows(
         assert enabled == (endpoints,)
         conn.execute(INSERT)
         assert _counts(conn) == written
+
+
+@pytest.mark.parametrize(("mode", "account"), [("outbox", "1"), ("no_account", None)])
+def test_the_account_sides_differ_only_in_the_events_account(
+    db_url: str, mode: Capture, account: str | None
+) -> None:
+    """Both sides write one event for a row of account 1: the outbox's capture of the reference
+    table with its account, the side without an account column with none."""
+    with BenchDb(db_url) as db:
+        db.add_endpoint("http://127.0.0.1:9/only")
+        db.install_references()
+        db.capture(mode)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into stover.contacts (first_name, email, account_id)"
+            " values ('Ada', 'ada@example.com', 1)"
+        )
+        rows = conn.execute(
+            "select type, account_id from outbox.events where type not like 'outbox.%'"
+        ).fetchall()
+        assert rows == [("contact.created", account)]
 
 
 def test_the_pgq_side_writes_one_event_into_its_queue_and_nothing_else(db_url: str) -> None:
