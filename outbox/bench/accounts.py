@@ -1,4 +1,5 @@
-"""`accounts`: fan-out by account, many small accounts beside one account.
+"""`accounts`: fan-out by account, many small accounts beside one account; and delivery for a
+busy account beside a quiet one (outbox.bench.fairness).
 
 The same backlog of committed events is fanned out twice, side by side in each round: once to ten
 endpoints of one account (the `fanout` scenario's shape), and once to 10,000 endpoints across 5,000
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from outbox.bench import fairness
 from outbox.bench.harness import Bench, Figure, Progress, Report, Target, at_least, median
 from outbox.db.benchdb import BenchDb
 from outbox.relay.fanout import Pace
@@ -60,6 +62,9 @@ def run(bench: Bench) -> Report:
             "many_over_one": median(ratios),
         }
         targets: dict[str, Target] = {"many_over_one": at_least(median(ratios), TARGET_RATIO)}
+        fair_figures, fair_targets, fair_notes = fairness.measure(bench, url, progress)
+        figures.update(fair_figures)
+        targets.update(fair_targets)
         notes = [
             f"{events:,} app.thing events committed {PER_TRANSACTION} per transaction, then "
             f"outbox.fan_out({STEP_EVENTS:,}) until nothing is left, no relay running",
@@ -67,6 +72,7 @@ def run(bench: Bench) -> Report:
             "10,000 endpoints across 5,000 accounts, each event to its own account's 2",
             f"the ratio is of deliveries/s, paired round by round; medians of {bench.rounds()} "
             "rounds, the layouts' order alternating",
+            *fair_notes,
         ]
         return bench.report(
             db,

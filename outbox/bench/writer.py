@@ -40,16 +40,18 @@ def paced(
     progress: Progress,
     label: str,
     tick: Callable[[], None] | None = None,
+    account: int | None = None,
 ) -> Writes:
     """Insert `rate` contacts a second for `seconds`, each in its own transaction.
 
     Write i is due at start + i/rate; connection k takes writes k, k+n, k+2n... and catches up
     without sleeping when it falls behind, so the offered load stays at `rate`. `tick` is called
-    a few times a second from this thread while the writers run.
+    a few times a second from this thread while the writers run. The contacts are of
+    `account` (an id in stover.accounts), or of none.
     """
     total = max(1, round(rate * seconds))
     count = min(connections_for(rate), total)
-    writers = [ContactWriter(url) for _ in range(count)]
+    writers = [ContactWriter(url, account) for _ in range(count)]
     writes = Writes(connections=count)
     failures: list[BaseException] = []
     start = time.monotonic() + 0.05

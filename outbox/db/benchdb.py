@@ -118,6 +118,13 @@ class BenchDb:
     def add_endpoint(self, url: str, *, enabled: bool = True) -> str:
         return str(self._value("bench_endpoint_add", {"url": url, "enabled": enabled}))
 
+    def add_account_endpoint(self, url: str, account: str) -> str:
+        return str(self._value("bench_account_endpoint_add", {"url": url, "account": account}))
+
+    def add_accounts(self, count: int) -> None:
+        """Accounts 1 to `count` in stover.accounts."""
+        self.conn.execute(Q["bench_accounts_add"], {"count": count})
+
     def enable(self, endpoint_id: str, *, on: bool) -> None:
         self.conn.execute(Q["bench_endpoint_enable"], {"id": endpoint_id, "enabled": on})
 
@@ -253,14 +260,16 @@ class BenchDb:
 
 
 class ContactWriter:
-    """A writer of single-row, durable (autocommit) INSERTs into stover.contacts."""
+    """A writer of single-row, durable (autocommit) INSERTs into stover.contacts, of no account
+    or of `account` (an id in stover.accounts)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, account: int | None = None) -> None:
         self.conn = _open(url)
+        self.account = account
 
     def insert(self) -> int:
         """Insert one contact; when this returns, its transaction has committed."""
-        row = self.conn.execute(Q["bench_contact_insert"]).fetchone()
+        row = self.conn.execute(Q["bench_contact_insert"], {"account": self.account}).fetchone()
         if row is None:
             raise OutboxError("INSERT ... RETURNING returned no row")
         return int(row[0])

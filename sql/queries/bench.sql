@@ -6,6 +6,18 @@ insert into outbox.endpoints (url, event_types, enabled, description)
 values (%(url)s::text, array['*'], %(enabled)s::boolean, 'outbox bench')
 returning id;
 
+-- name: bench_account_endpoint_add
+-- An endpoint of account %(account)s, subscribed to everything.
+insert into outbox.endpoints (url, event_types, description, account_id)
+values (%(url)s::text, array['*'], 'outbox bench', %(account)s::text)
+returning id;
+
+-- name: bench_accounts_add
+-- Accounts 1 to %(count)s in stover.accounts, for rows written with an account_id.
+insert into stover.accounts (id, name) overriding system value
+select g, 'bench ' || g from generate_series(1, %(count)s::integer) g
+on conflict (id) do nothing;
+
 -- name: bench_endpoint_enable
 update outbox.endpoints set enabled = %(enabled)s::boolean where id = %(id)s::text;
 
@@ -211,8 +223,9 @@ order by e.created_at desc
 limit %(limit)s::integer;
 
 -- name: bench_contact_insert
-insert into stover.contacts (first_name, last_name, email, phone, custom_fields)
-values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "bench"}')
+insert into stover.contacts (first_name, last_name, email, phone, custom_fields, account_id)
+values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "bench"}',
+        %(account)s::bigint)
 returning id;
 
 -- name: bench_server_version

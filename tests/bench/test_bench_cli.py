@@ -33,7 +33,7 @@ TARGETS = {
         )
     },
     "fanout": {"deliveries_per_s"},
-    "accounts": {"many_over_one"},
+    "accounts": {"many_over_one", "b_p99_ms_a_draining", "b_p99_ratio", "a_drain_ratio"},
     "deliver": {"deliveries_per_s", "ratio_to_baseline", "relay_cpu_us_per_delivery"},
     "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},

@@ -1,0 +1,212 @@
+"""Part of `accounts`: a busy account beside a quiet one, one relay delivering for both.
+
+Account A (20 endpoints) has a backlog of due deliveries; account B (one endpoint) writes a
+contact 20 times a second, each raising one event. Each round measures, in turn: B's commit to
+arrival with A idle, A's drain alone, and A's drain again while B writes. Fair claiming keeps B's
+latency near what it is with A idle, and costs A's drain little.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from outbox.bench import drain, writer
+from outbox.bench.harness import (
+    Bench,
+    Figure,
+    Progress,
+    Target,
+    at_least,
+    at_most,
+    median,
+    wait_for,
+)
+from outbox.bench.procs import Child
+from outbox.bench.receiver import Receiver
+from outbox.db.benchdb import BenchDb
+from outbox.errors import OutboxError
+
+A, B = 1, 2  # account ids (stover.accounts; outbox's account_id is their text)
+A_ENDPOINTS = 20
+BACKLOG, QUICK_BACKLOG = 100_000, 400  # A's due deliveries per drain
+B_RATE = 20.0  # B's events a second
+B_IDLE_SECONDS, QUICK_B_IDLE_SECONDS = 10.0, 1.0
+B_PORT = A_ENDPOINTS  # the receiver's port for B's endpoint; A's are 0..19
+P99_MS_TARGET = 1000.0
+P99_RATIO_TARGET = 3.0
+DRAIN_RATIO_TARGET = 0.90
+
+
+@dataclass
+class Rounds:
+    a_alone: list[float] = field(default_factory=list)  # A's deliveries/s
+    a_beside_b: list[float] = field(default_factory=list)
+    b_idle_ms: list[float] = field(default_factory=list)  # B's p99, commit to arrival
+    b_busy_ms: list[float] = field(default_factory=list)
+    b_busy_events: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Setup:
+    """What every phase of a round uses."""
+
+    url: str
+    db: BenchDb
+    rx: Receiver
+    relay: Child
+    progress: Progress
+    backlog: int
+
+    @property
+    def events(self) -> int:
+        return self.backlog // A_ENDPOINTS
+
+    def b_p99(self, writes: writer.Writes) -> tuple[float, int]:
+        """B's p99 commit-to-arrival in ms over the events `writes` committed, and how many."""
+        expected = len(writes.commits)
+
+        def arrived() -> bool:
+            self.relay.check()
+            return self.rx.count([B_PORT]) >= expected
+
+        wait_for(arrived, drain.drain_timeout(expected), f"B's {expected} deliveries")
+        timed = writer.arrivals(writes.commits, self.rx.records(), self.db.event_contacts())
+        latencies = [lat * 1000.0 for _, lat in timed]
+        return writer.percentile(latencies, 0.99), len(latencies)
+
+    def backlog_due(self) -> None:
+        """A's backlog: events of account A fanned out to its endpoints, the relay woken."""
+        self.db.insert_account_events(self.events, accounts=1, offset=0)  # account '1'
+        self.db.fan_out()
+        self.db.wake()
+
+    def a_drain(self, label: str, start: Callable[[], None]) -> drain.Round:
+        return drain.burst(
+            self.db, self.rx, self.relay, self.progress, events=self.events,
+            expected=self.backlog, label=label, ports=list(range(A_ENDPOINTS)), start=start,
+        )  # fmt: skip
+
+
+def _b_alone(setup: _Setup, seconds: float, label: str) -> float:
+    setup.rx.reset()
+    setup.rx.record(on=True)
+    setup.rx.records()
+    writes = writer.paced(
+        setup.url, B_RATE, seconds, progress=setup.progress, label=label, account=B
+    )
+    p99, _ = setup.b_p99(writes)
+    setup.rx.record(on=False)
+    return p99
+
+
+def _a_beside_b(setup: _Setup, seconds: float, label: str) -> tuple[float, float, int]:
+    """A's drain while B writes for `seconds` from its start: A's rate, B's p99 over the events
+    committed while A's deliveries were arriving, and how many those were."""
+    setup.rx.record(on=True)
+    setup.rx.records()
+    b_writes: list[writer.Writes] = []
+    failed: list[BaseException] = []
+
+    def write_b() -> None:
+        try:
+            quiet = Progress("accounts")  # the drain reports progress
+            b_writes.append(
+                writer.paced(setup.url, B_RATE, seconds, progress=quiet, label=label, account=B)
+            )
+        except BaseException as exc:  # raised in the caller's thread below
+            failed.append(exc)
+
+    thread = threading.Thread(target=write_b, daemon=True)
+
+    def start() -> None:
+        setup.backlog_due()
+        thread.start()
+
+    busy = setup.a_drain(label, start)
+    thread.join(seconds + 120)
+    if failed:
+        raise failed[0]
+    if not b_writes:
+        raise OutboxError("B's writer did not finish")
+    during = writer.Writes(
+        commits=[
+            (contact, at)
+            for contact, at in b_writes[0].commits
+            if busy.window.first <= at <= busy.window.last
+        ]
+    )
+    p99, count = setup.b_p99(during)
+    setup.rx.record(on=False)
+    return busy.rate, p99, count
+
+
+def measure(
+    bench: Bench, url: str, progress: Progress
+) -> tuple[dict[str, Figure], dict[str, Target], list[str]]:
+    """Set the two accounts up in `url`'s database (after the fan-out part) and run the rounds."""
+    backlog = QUICK_BACKLOG if bench.quick else BACKLOG
+    idle_seconds = QUICK_B_IDLE_SECONDS if bench.quick else B_IDLE_SECONDS
+    rounds = bench.rounds()
+    got = Rounds()
+    with BenchDb(url) as db, Receiver(ports=A_ENDPOINTS + 1) as rx:
+        db.reset_outbox()
+        db.set_account_endpoints(0, accounts=1)  # none left from the fan-out part
+        db.add_accounts(2)
+        for port in range(A_ENDPOINTS):
+            db.add_account_endpoint(rx.url(port), str(A))
+        db.add_account_endpoint(rx.url(B_PORT), str(B))
+        with bench.relay(url, label="accounts-relay") as relay:
+            setup = _Setup(url, db, rx, relay, progress, backlog)
+            for index in range(rounds):
+                label = f"round {index + 1}/{rounds}"
+                idle = _b_alone(setup, idle_seconds, f"B alone, {label}")
+                got.b_idle_ms.append(idle)
+                progress.step(f"{label}, B alone: p99 {idle:,.1f} ms")
+                alone = setup.a_drain(f"A alone, {label}", setup.backlog_due)
+                got.a_alone.append(alone.rate)
+                progress.step(f"{label}, A alone: {alone.rate:,.0f}/s")
+                # B writes for as long as A's drain took alone, starting with it.
+                span = max(1.0, alone.window.last - alone.window.first)
+                rate, p99, count = _a_beside_b(setup, span, f"A beside B, {label}")
+                got.a_beside_b.append(rate)
+                got.b_busy_ms.append(p99)
+                got.b_busy_events.append(count)
+                progress.step(
+                    f"{label}, A beside B: {rate:,.0f}/s; B's p99 {p99:,.1f} ms over {count}"
+                )
+    return _report(got, backlog, idle_seconds, rounds)
+
+
+def _report(
+    got: Rounds, backlog: int, idle_seconds: float, rounds: int
+) -> tuple[dict[str, Figure], dict[str, Target], list[str]]:
+    drain_ratio = median([b / a for a, b in zip(got.a_alone, got.a_beside_b, strict=True) if a])
+    b_idle, b_busy = median(got.b_idle_ms), median(got.b_busy_ms)
+    p99_ratio = median(
+        [busy / idle for idle, busy in zip(got.b_idle_ms, got.b_busy_ms, strict=True) if idle]
+    )
+    figures: dict[str, Figure] = {
+        "a_backlog_deliveries": backlog,
+        "a_alone_per_s": median(got.a_alone),
+        "a_beside_b_per_s": median(got.a_beside_b),
+        "a_drain_ratio": drain_ratio,
+        "b_p99_ms_a_idle": b_idle,
+        "b_p99_ms_a_draining": b_busy,
+        "b_p99_ratio": p99_ratio,
+        "b_events_measured_per_round": int(median([float(n) for n in got.b_busy_events])),
+    }
+    targets: dict[str, Target] = {
+        "b_p99_ms_a_draining": at_most(b_busy, P99_MS_TARGET),
+        "b_p99_ratio": at_most(p99_ratio, P99_RATIO_TARGET),
+        "a_drain_ratio": at_least(drain_ratio, DRAIN_RATIO_TARGET),
+    }
+    notes = [
+        f"fairness: account A has {A_ENDPOINTS} endpoints and a backlog of {backlog:,} due "
+        f"deliveries; account B one endpoint and {B_RATE:g} contacts written a second; one relay",
+        f"each of {rounds} rounds: B alone for {idle_seconds:g} s, A's drain alone, A's drain "
+        "again with B writing; B's p99 over the events it committed during A's drain; medians of "
+        "per-round ratios",
+    ]
+    return figures, targets, notes
