@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox.config import Breaker
 from outbox.db.connect import with_timeout
+from outbox.db.turns import Turns
 from outbox.sqlfiles import queries
 
 Q = queries("deliveries")
@@ -46,6 +47,7 @@ class Claimed:
     failing: bool = False  # its endpoint had failed attempts on record when it was claimed
     # The secret a rotation replaced, while its overlap lasts: it signs as well.
     previous_secret: str | None = field(default=None, repr=False)
+    account_id: str | None = None  # its endpoint's account
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class Store:
             # requests to wait out `timeout` after even a sub-second restart.)
             reconnect_timeout=10.0,
         )
-        self._turn = ""  # the last endpoint the latest claim reached: the next starts after it
+        self._turns = Turns()  # where the latest claim got to: the next starts after it
         self._walk = False  # more than 100 enabled endpoints: claim by walking the pending index
         self._counted = float("-inf")  # when the enabled endpoints were last counted
 
@@ -155,7 +157,7 @@ class Store:
 
     async def claim(self, limit: int, lease: float, busy: Sequence[str] = ()) -> list[Claimed]:
         """Claim up to `limit` due deliveries, endpoints taking turns from one claim to the next."""
-        params = {"limit": limit, "lease": lease, "busy": list(busy), "after": self._turn}
+        params = {"limit": limit, "lease": lease, "busy": list(busy), **self._turns.params()}
         async with self.pool.connection() as conn:
             now = time.monotonic()
             if now - self._counted >= RECOUNT_SECONDS:
@@ -165,11 +167,8 @@ class Store:
             cur = await conn.execute(CLAIM[self._walk], params)
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
-        if claimed:
-            # The next claim starts after the last endpoint this one reached, in the order the
-            # claim walked them: down from below `after`, then down from the top to it.
-            after = self._turn
-            self._turn = min((c.endpoint_id for c in claimed), key=lambda ep: (ep < after, ep))
+        # The next claim starts after the account and endpoint this one reached last.
+        self._turns.advance(((c.account_id, c.endpoint_id) for c in claimed), walking=self._walk)
         return claimed
 
     async def fan_out(self, max_events: int) -> FanOutStep:

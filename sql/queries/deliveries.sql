@@ -12,9 +12,13 @@
 --
 -- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `turn`
 -- lists the enabled endpoints this relay is not skipping (%(busy)s: those at its per-endpoint
--- cap) in descending id order starting below %(after)s, the last endpoint the relay's previous
--- claim reached, and wrapping round, so endpoints with work take turns; each gives its oldest
--- due deliveries until %(limit)s are locked. The LIMIT stops the walk as soon as it has enough,
+-- cap) in the order they take turns, and each gives its oldest due deliveries until %(limit)s
+-- are locked. Accounts take turns, and endpoints within an account (deliveries_claim_turn_each):
+-- accounts in descending order starting below `after_account`, the account the relay's
+-- previous claim reached last, and wrapping round; within each account its endpoints in
+-- descending id order starting below the one that account's last turn reached (`afters`, an
+-- object of account to endpoint id; the account-less endpoints are account ''). So an account
+-- with many endpoints, or a large backlog, gets a turn like any other account with work. The LIMIT stops the walk as soon as it has enough,
 -- so only the rows claimed are read and locked (with the dead entries at the head of each
 -- endpoint's range that it visits), and the deliveries of disabled or skipped endpoints are never
 -- read. SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
@@ -72,7 +76,7 @@ select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
        ep.id, ep.url, ep.secret,
        c.id = any (array(select due.id from due where due.probe)) as probe, ep.failing,
-       ep.previous_secret
+       ep.previous_secret, ep.account_id
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
@@ -85,7 +89,8 @@ cross join lateral (
            ep.consecutive_failures > 0 or ep.probe_at is not null as failing,
            -- During a rotation's overlap the replaced secret signs too.
            case when ep.previous_secret_until > now() then ep.previous_secret end
-               as previous_secret
+               as previous_secret,
+           ep.account_id
     from outbox.endpoints ep
     where ep.id = c.endpoint_id
     limit 1
@@ -93,20 +98,21 @@ cross join lateral (
 
 -- name: deliveries_claim_turn_each
 -- The claim's `turn` with up to 100 enabled endpoints: each enabled endpoint not skipped, each to
--- be probed in deliveries_pending_idx whether it has anything due; an endpoint whose breaker is
--- open only once its probe is due, and locked (the sub-select: FOR UPDATE takes no UNION).
+-- be probed in deliveries_pending_idx whether it has anything due, by account and then by
+-- endpoint; an endpoint whose breaker is open only once its probe is due, and locked (the
+-- sub-select: FOR UPDATE takes no UNION).
 turn (id, probe) as (
     select t.id, t.probe
     from (
-        select ep.id, false as probe
+        select ep.id, coalesce(ep.account_id, '') as account, false as probe
         from outbox.endpoints ep
         where ep.enabled
           and ep.probe_at is null
           and ep.id <> all (%(busy)s::text[])
         union all
-        select open.id, true
+        select open.id, open.account, true
         from (
-            select ep.id
+            select ep.id, coalesce(ep.account_id, '') as account
             from outbox.endpoints ep
             where ep.enabled
               and ep.probe_at <= now()
@@ -114,7 +120,8 @@ turn (id, probe) as (
             for update skip locked
         ) open
     ) t
-    order by t.id >= %(after)s::text, t.id desc
+    order by t.account >= %(after_account)s::text, t.account desc,
+             t.id >= coalesce(%(afters)s::jsonb ->> t.account, ''), t.id desc
 ),
 
 -- name: deliveries_claim_turn_walk
@@ -122,7 +129,8 @@ turn (id, probe) as (
 -- claim (+0.6 ms at 1,000, +8 ms at 10,000 when few have work): the endpoints with pending
 -- deliveries are found by skipping from one to the next through deliveries_pending_idx, one
 -- descent each for the greatest endpoint_id below the last, so endpoints with nothing pending
--- cost nothing. (Those descents cross the dead entries that completed deliveries leave at the
+-- cost nothing. Here endpoints take turns in id order starting below `after`, whatever their
+-- accounts (an account has at most OUTBOX_MAX_ENDPOINTS_PER_ACCOUNT of them). (Those descents cross the dead entries that completed deliveries leave at the
 -- tail of an endpoint's range until VACUUM, and the walk is a larger statement to plan, which
 -- the probes of a few endpoints are not: with one endpoint the walk measured slower.)
 below (id) as (

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from outbox.db.store import Result, Store, claim_statement
+from outbox.db.turns import Turns
 from tests.db.rows import fan_out
 
 from . import add_endpoint, attempts, emit_one, only_delivery
@@ -101,7 +102,7 @@ def test_the_claim_alone_commits_without_waiting_for_the_wal_flush(conn: Conn) -
     assert conn.execute("show synchronous_commit").fetchone() == ("on",)
     with conn.transaction():
         claimed = conn.execute(
-            claim, {"limit": 10, "lease": 30.0, "busy": [], "after": ""}
+            claim, {"limit": 10, "lease": 30.0, "busy": [], **Turns().params()}
         ).fetchall()
         assert len(claimed) == 1
         assert conn.execute("show synchronous_commit").fetchone() == ("off",)
@@ -144,6 +145,43 @@ async def test_endpoints_with_due_work_take_turns_from_one_claim_to_the_next(
     for first, second in zip(claims[:3], claims[3:], strict=True):
         assert {c.event_id for c in first} == set(events[:5])
         assert {c.event_id for c in second} == set(events[5:])
+
+
+async def test_accounts_take_turns_and_endpoints_take_turns_within_an_account(
+    conn: Conn, db_url: str
+) -> None:
+    """Account a1 has three endpoints with due work, a2 one, and the account-less feed one: each
+    claim (of up to three, so none takes another's turn) goes to the next account, a1's three
+    endpoints taking a1's turns in order; a2 is not made to wait behind a1's three."""
+    ids: dict[str, list[str]] = {}
+    for account, count in (("a1", 3), ("a2", 1), (None, 1)):
+        for n in range(count):
+            row = conn.execute(
+                "insert into outbox.endpoints (url, event_types, account_id)"
+                " values (%s, '{*}', %s) returning id",
+                [f"http://127.0.0.1:9/{account}/{n}", account],
+            ).fetchone()
+            assert row is not None
+            ids.setdefault(account or "", []).append(str(row[0]))
+    for account in ("a1", "a2", None):
+        for _ in range(9):
+            conn.execute("select outbox.emit('test.ping', '{}'::jsonb, account => %s)", [account])
+    fan_out(conn)
+    store = Store(db_url)
+    await store.open()
+    try:
+        claims = [await store.claim(3, 30.0) for _ in range(9)]
+    finally:
+        await store.close()
+    took = [{(c.account_id or "", c.endpoint_id) for c in claim} for claim in claims]
+    a1 = sorted(ids["a1"], reverse=True)
+    # Accounts in descending order, wrapping round: a2, a1, '' (the account-less feed), ...
+    expected = [
+        {("a2", ids["a2"][0])}, {("a1", a1[0])}, {("", ids[""][0])},
+        {("a2", ids["a2"][0])}, {("a1", a1[1])}, {("", ids[""][0])},
+        {("a2", ids["a2"][0])}, {("a1", a1[2])}, {("", ids[""][0])},
+    ]  # fmt: skip
+    assert took == expected
 
 
 async def test_the_relays_connections_do_not_jit_compile(conn: Conn, db_url: str) -> None:
