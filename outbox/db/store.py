@@ -46,6 +46,12 @@ class Claimed:
     failing: bool = False  # its endpoint had failed attempts on record when it was claimed
     # The secret a rotation replaced, while its overlap lasts: it signs as well.
     previous_secret: str | None = field(default=None, repr=False)
+    # The endpoint's own headers as JSON text (None: none); their values may be credentials.
+    headers_json: str | None = field(default=None, repr=False)
+    # Rate-limited only: [seconds from the claim to its slot, seconds from falling due to it].
+    slot: list[float] | None = None
+    start_at: float = 0.0  # rate-limited only: the time.monotonic() its attempt may start
+    give_up_at: float = 0.0  # rate-limited only: a start later than this would crowd the next
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,10 @@ def claim_statement(walk: bool) -> LiteralString:
 
 CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
 DEFAULT_BREAKER = Breaker()
+# How late after its slot a rate-limited attempt may still start; later, it is handed back and
+# claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE) + 1
+# starts in any second.
+SLOT_GRACE = 0.02
 # How often the relay counts its enabled endpoints to choose between the two claims.
 RECOUNT_SECONDS = 10.0
 
@@ -162,10 +172,12 @@ class Store:
                 cur = await conn.execute(Q["endpoints_many"])
                 row = await cur.fetchone()
                 self._walk, self._counted = bool(row and row[0]), now
+            sent = time.monotonic()
             cur = await conn.execute(CLAIM[self._walk], params)
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
         if claimed:
+            _place(claimed, sent, time.monotonic())
             # The next claim starts after the last endpoint this one reached, in the order the
             # claim walked them: down from below `after`, then down from the top to it.
             after = self._turn
@@ -244,6 +256,19 @@ class Store:
     async def forget(self, relay_id: str) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["relay_forget"], {"id": relay_id})
+
+
+def _place(claimed: list[Claimed], sent: float, answered: float) -> None:
+    """Give each rate-limited delivery the monotonic times between which its attempt may start.
+
+    The claim's now() lies between `sent` and `answered`. Starting no sooner than `answered` plus
+    the slot's offset is never early; giving up past `sent` plus the offset plus SLOT_GRACE keeps
+    every start within SLOT_GRACE of its slot. Starts a relay made late, all at once after a
+    stall, would otherwise crowd the slots of the next moment at another relay."""
+    for c in claimed:
+        if c.slot is not None:
+            c.start_at = answered + c.slot[0]
+            c.give_up_at = sent + c.slot[0] + SLOT_GRACE
 
 
 def _outcomes_json(results: Sequence[Result]) -> str:
