@@ -275,6 +275,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
     with admin.session(_url(settings)) as conn:
         endpoint = admin.get_endpoint(conn, args.endpoint_id)
         known = admin.known_event_types(conn)
+        custom = admin.endpoint_headers(conn, args.endpoint_id)
     if endpoint is None:
         raise _no_endpoint(args.endpoint_id)
     if args.type is not None and args.type not in known:
@@ -287,6 +288,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
         endpoint.secret,
         sent_type,
         previous_secret=endpoint.previous_secret,
+        custom=tuple(custom.items()),
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
