@@ -8,13 +8,17 @@ import itertools
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from support import Received, stop, wait_until
 
 from outbox.db import admin
+from outbox.db.store import Store
+from tests.db.rows import fan_out
 
 from . import (
     add_endpoint,
@@ -136,3 +140,41 @@ def test_headers_go_on_every_attempt_and_into_no_log_line_or_listing(
     for text in [log.read_text()] + [run.stdout + run.stderr for run in shown]:
         assert TOKEN not in text
     assert json.loads(shown[1].stdout)["header_names"] == ["Authorization"]
+
+
+@pytest.mark.parametrize("walk", [False, True], ids=["each", "walk"])
+async def test_claims_hand_a_limited_endpoint_slots_a_rate_apart(
+    conn: Conn, db_url: str, walk: bool
+) -> None:
+    endpoint = add_endpoint(conn, "http://127.0.0.1:9/limited")
+    conn.execute("update outbox.endpoints set rate_limit = 4 where id = %s", [endpoint.id])
+    if walk:  # past 100 enabled endpoints the claim walks the pending index
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types)"
+            " select 'http://127.0.0.1:9/idle' || g, '{deal.*}' from generate_series(1, 100) g"
+        )
+    for _ in range(10):
+        emit_one(conn)
+    fan_out(conn)
+    lease = timedelta(seconds=45)
+    store = Store(db_url)
+    await store.open()
+    try:
+        first = await store.claim(64, lease.total_seconds())
+        second = await store.claim(64, lease.total_seconds())
+    finally:
+        await store.close()
+    assert store.walking == walk
+    # A second's worth at 4 a second, from the claim's now(), a quarter of a second apart.
+    assert sorted(c.slot[0] for c in first if c.slot) == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert all(c.slot is not None for c in first + second)
+    # The claim's now() is its lease less the lease's length: the slots in absolute time never
+    # come closer than 1/4 s, across claims too.
+    slots = sorted(c.lease - lease + timedelta(seconds=c.slot[0]) for c in first + second if c.slot)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= 0.25 - 1e-6
+    row = conn.execute(
+        "select rate_next_at from outbox.endpoints where id = %s", [endpoint.id]
+    ).fetchone()
+    assert row is not None
+    assert row[0] == slots[-1] + timedelta(seconds=0.25)
