@@ -15,9 +15,10 @@ HEADER_HELP = (
     "for more (at most 20). Host, Content-*, User-Agent, X-Stover-* and webhook-* are the "
     "outbox's own. Listings show the names only"
 )
+NOT_GIVEN: Any = object()  # --rate-limit's default in `update`: leave the limit as it is
 RATE_HELP = (
     "start at most N attempts a second to this endpoint, across every relay, evenly spaced "
-    "(N/s, 1 to 10,000), or off (the default)"
+    "(N/s, 1 to 10,000), or off"
 )
 
 
@@ -56,8 +57,13 @@ def add_options(parser: argparse.ArgumentParser, *, default_rate: object) -> Non
         default=[],
         help=HEADER_HELP,
     )
+    kept = " (default: as it is)" if default_rate is NOT_GIVEN else " (default: off)"
     parser.add_argument(
-        "--rate-limit", metavar="N/s|off", type=argument(rate), default=default_rate, help=RATE_HELP
+        "--rate-limit",
+        metavar="N/s|off",
+        type=argument(rate),
+        default=default_rate,
+        help=RATE_HELP + kept,
     )
 
 
@@ -76,6 +82,3 @@ def check_headers(headers: dict[str, str]) -> None:
     problem = custom_headers.headers_problem(headers)
     if problem is not None:
         raise ConfigError(f"--header is refused: {problem}")
-
-
-NOT_GIVEN: Any = object()  # --rate-limit's default in `update`: leave the limit as it is
