@@ -48,7 +48,8 @@ class Claimed:
     previous_secret: str | None = field(default=None, repr=False)
     # The endpoint's own headers as JSON text (None: none); their values may be credentials.
     headers_json: str | None = field(default=None, repr=False)
-    # Rate-limited only: [seconds from the claim to its slot, seconds from falling due to it].
+    # Rate-limited only: [seconds from the claim's now() to its slot, seconds from falling due to
+    # it, the claim's now() in Unix seconds].
     slot: list[float] | None = None
     start_at: float = 0.0  # rate-limited only: the time.monotonic() its attempt may start
     give_up_at: float = 0.0  # rate-limited only: a start later than this would crowd the next
@@ -122,9 +123,12 @@ def claim_statement(walk: bool) -> LiteralString:
 CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
 DEFAULT_BREAKER = Breaker()
 # How late after its slot a rate-limited attempt may still start; later, it is handed back and
-# claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE) + 1
-# starts in any second.
+# claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE + w)
+# + 1 starts in any second, w being ClockLink's uncertainty (the quickest recent claim's round
+# trip, well under a millisecond beside the database).
 SLOT_GRACE = 0.02
+# How long ClockLink trusts its reading of the database's clock before taking a fresh one.
+LINK_FRESH = 30.0
 # How often the relay counts its enabled endpoints to choose between the two claims.
 RECOUNT_SECONDS = 10.0
 
@@ -151,6 +155,7 @@ class Store:
         self._turn = ""  # the last endpoint the latest claim reached: the next starts after it
         self._walk = False  # more than 100 enabled endpoints: claim by walking the pending index
         self._counted = float("-inf")  # when the enabled endpoints were last counted
+        self._clock = ClockLink()  # the database's clock, for rate-limited deliveries' slots
 
     @property
     def walking(self) -> bool:
@@ -177,7 +182,7 @@ class Store:
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
         if claimed:
-            _place(claimed, sent, time.monotonic())
+            _place(claimed, self._clock, sent, time.monotonic())
             # The next claim starts after the last endpoint this one reached, in the order the
             # claim walked them: down from below `after`, then down from the top to it.
             after = self._turn
@@ -258,17 +263,42 @@ class Store:
             await conn.execute(Q["relay_forget"], {"id": relay_id})
 
 
-def _place(claimed: list[Claimed], sent: float, answered: float) -> None:
-    """Give each rate-limited delivery the monotonic times between which its attempt may start.
+class ClockLink:
+    """The database's clock read on this relay's monotonic clock, from the claims themselves.
 
-    The claim's now() lies between `sent` and `answered`. Starting no sooner than `answered` plus
-    the slot's offset is never early; giving up past `sent` plus the offset plus SLOT_GRACE keeps
-    every start within SLOT_GRACE of its slot. Starts a relay made late, all at once after a
-    stall, would otherwise crowd the slots of the next moment at another relay."""
+    A claim's now() happened between sending it and its answer, so `now() - answered` is at most
+    the true difference between the clocks, and within the claim's round trip of it. The reading
+    of the quickest claim of the last LINK_FRESH seconds is kept: a slot read through it comes
+    never early, and late by no more than that round trip, however slow this claim was or how
+    long its answer waited for a busy event loop (which, reckoned from the answer, would shift
+    all of a claim's slots late together, onto another relay's)."""
+
+    __slots__ = ("_at", "_lo", "_width")
+
+    def __init__(self) -> None:
+        self._lo = 0.0
+        self._width = float("inf")
+        self._at = float("-inf")
+
+    def offset(self, db_now: float, sent: float, answered: float) -> float:
+        """Database seconds less monotonic seconds, as best known after this claim."""
+        width = answered - sent
+        if width <= self._width or answered - self._at > LINK_FRESH:
+            self._lo, self._width, self._at = db_now - answered, width, answered
+        return self._lo
+
+
+def _place(claimed: list[Claimed], clock: ClockLink, sent: float, answered: float) -> None:
+    """Give each rate-limited delivery the monotonic times between which its attempt may start:
+    its slot, and SLOT_GRACE after it. Starts a relay made late, all at once after a stall, would
+    otherwise crowd the slots of the next moment at another relay."""
+    offset: float | None = None
     for c in claimed:
         if c.slot is not None:
-            c.start_at = answered + c.slot[0]
-            c.give_up_at = sent + c.slot[0] + SLOT_GRACE
+            if offset is None:
+                offset = clock.offset(c.slot[2], sent, answered)
+            c.start_at = c.slot[2] + c.slot[0] - offset
+            c.give_up_at = c.start_at + SLOT_GRACE
 
 
 def _outcomes_json(results: Sequence[Result]) -> str:

@@ -15,8 +15,9 @@
 -- the next second. It gives as many deliveries as it has slots from rate_next_at (or now) to a
 -- second on, 1/rate_limit seconds apart, and rate_next_at moves past the slots taken, in this
 -- statement: however many relays claim, no two deliveries share a slot. Each such row comes
--- with [seconds from now to its slot, seconds from when it fell due to its slot]; the relay
--- starts the attempt at its slot, which is always well inside the lease. Endpoints without a
+-- with [seconds from now() to its slot, seconds from when it fell due to its slot, now() in Unix
+-- seconds]; the relay starts the attempt at its slot, which is always well inside the lease
+-- (outbox.db.store.ClockLink says when that is by the relay's clock). Endpoints without a
 -- limit read nothing of this: their rows are neither locked nor written.
 --
 -- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `turn`
@@ -99,7 +100,8 @@ select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        -- ahead of it in this claim. Evaluated only when the claim took such a delivery.
        case when (select bool_or(due.rate is not null) from due) then (
            select array[extract(epoch from s.base - now()) + s.place / s.rate,
-                        extract(epoch from s.base - s.due_at) + s.place / s.rate]
+                        extract(epoch from s.base - s.due_at) + s.place / s.rate,
+                        extract(epoch from now())]
            from (
                select due.base, due.rate::float8 as rate, due.due_at,
                       (select count(*) from due ahead

@@ -24,10 +24,13 @@ EVENTS = 1000
 RATE = 100
 RELAYS = 3
 # Slots are 1/RATE apart; a relay starts each attempt within 20 ms of its slot or hands it back
-# (outbox.db.store.SLOT_GRACE), so RATE * 1.02 + 1 starts fit in a second at worst, and the
-# receiver's own scheduling may bring a few arrivals closer. Allowed: 10% over the limit in any
-# one-second window (runs on 2 shared cores saw at most 102).
-TOLERANCE = 10
+# (outbox.db.store.SLOT_GRACE), so RATE * 1.02 + 1 starts fit in a second at worst, as the
+# relays record them: allowed, 5% over the limit. The receiver, another process on the same
+# cores, stamps a request when its event loop gets to it; held up, it reads several at once.
+# Allowed there: 25% over (runs on 2 vCPUs shared at a load of 13 to 25 saw 102 to 111, and
+# 124 once; the relays' own record 103 and 104).
+STARTED_TOLERANCE = 5
+ARRIVED_TOLERANCE = 25
 ARRIVALS = Path(__file__).with_name("arrivals.py")
 
 
@@ -89,7 +92,13 @@ def test_three_relays_hold_an_endpoints_rate_limit_and_leave_others_unlimited(
 
     assert len(limited_at) == EVENTS
     assert len(unlimited_at) == EVENTS
-    assert most_in_one_second(limited_at) <= RATE + TOLERANCE
+    assert most_in_one_second(limited_at) <= RATE + ARRIVED_TOLERANCE
+    started = conn.execute(
+        "select extract(epoch from a.started_at)::float8 from outbox.attempts a"
+        " join outbox.deliveries d on d.id = a.delivery_id where d.endpoint_id = %s",
+        [limited],
+    ).fetchall()
+    assert most_in_one_second([at for (at,) in started]) <= RATE + STARTED_TOLERANCE
     # 1,000 starts at most 100 a second apart take at least 9.99 s; a slow machine only longer.
     assert max(limited_at) - min(limited_at) >= 9.0
     # Held back by the limit, not failed: one attempt each, no rung of the ladder spent.
