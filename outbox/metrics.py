@@ -23,6 +23,11 @@ LATENCY_BUCKETS = (
     *(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     *(60.0, 300.0, 1800.0, 7200.0, 21600.0),
 )
+# A backlog behind a rate limit waits as long as it takes to drain: minutes to hours.
+LIMIT_WAIT_BUCKETS = (
+    *(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0),
+    *(60.0, 300.0, 900.0, 3600.0, 14400.0),
+)
 
 
 class RelayMetrics:
@@ -92,6 +97,14 @@ class RelayMetrics:
             "Endpoints switched off: by an operator, a 410 Gone or sustained failure.",
             registry=r,
         )
+        self.limit_wait = Histogram(
+            "outbox_rate_limit_wait_seconds",
+            "Attempts to an endpoint with a rate limit: from when each delivery fell due to the "
+            "start its endpoint's limit gave it.",
+            ["endpoint_id"],
+            buckets=LIMIT_WAIT_BUCKETS,
+            registry=r,
+        )
         self.database_up = Gauge(
             "outbox_database_up", "1 when the last scrape could read the database.", registry=r
         )
@@ -102,6 +115,8 @@ class RelayMetrics:
         self.attempt_duration.observe(result.duration_ms / 1000.0)
         if latency_s is not None:
             self.delivery_latency.observe(max(latency_s, 0.0))
+        if claimed.slot is not None:
+            self.limit_wait.labels(claimed.endpoint_id).observe(max(claimed.slot[1], 0.0))
 
     def show_backlog(self, backlog: health.Backlog | None) -> None:
         """Set the gauges from a fresh reading; NaN when the database could not be read."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,8 +44,10 @@ def send_test(
     timeout: float,
     allow_private_networks: bool,
     previous_secret: str | None = None,
+    custom: Sequence[tuple[str, str]] = (),
 ) -> ProbeResult:
-    """POST a signed sample event (data {"test": true}) exactly as the relay would send one."""
+    """POST a signed sample event (data {"test": true}) exactly as the relay would send one,
+    with the endpoint's own headers (`custom`)."""
     now = datetime.now(UTC)
     event_id = f"evt_test_{secrets.token_hex(8)}"
     body = payload.render_event(event_id, event_type, now, json.dumps({"test": True}), None)
@@ -58,6 +61,7 @@ def send_test(
         timestamp=int(now.timestamp()),
         user_agent=signing.USER_AGENT,
         previous_secret=previous_secret,
+        custom=custom,
     )
     outcome = asyncio.run(_send(url, body, headers, timeout, allow_private_networks))
     return ProbeResult(

@@ -7,7 +7,7 @@ import binascii
 import functools
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from outbox import __version__
 
@@ -45,8 +45,10 @@ def delivery_headers(
     timestamp: int,
     user_agent: str,
     previous_secret: str | None = None,
+    custom: Sequence[tuple[str, str]] = (),
 ) -> dict[str, str]:
     """Every header of one delivery attempt; `timestamp` is Unix seconds at signing time.
+    `custom` are the endpoint's own headers, sent beside these and never in place of one.
 
     While a rotation's overlap lasts (`previous_secret`), `webhook-signature` carries a signature
     by each secret, and `X-Stover-Signature`, which holds one that the seed's snippet compares
@@ -55,7 +57,7 @@ def delivery_headers(
     standard = standard_signature(secret, event_id, timestamp, body)
     if previous_secret is not None:
         standard += " " + standard_signature(previous_secret, event_id, timestamp, body)
-    return {
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": user_agent,
         "X-Stover-Signature": stover_signature(previous_secret or secret, body),
@@ -67,6 +69,18 @@ def delivery_headers(
         "webhook-timestamp": str(timestamp),
         "webhook-signature": standard,
     }
+    if custom:
+        _add_custom(headers, custom)
+    return headers
+
+
+def _add_custom(headers: dict[str, str], custom: Sequence[tuple[str, str]]) -> None:
+    """Add the endpoint's own headers to `headers`. The table refuses names the outbox sets; one
+    written with its checks switched off is still left out rather than sent twice."""
+    own = {name.lower() for name in headers}
+    for name, value in custom:
+        if name.lower() not in own:
+            headers[name] = value
 
 
 def verify_stover(secret: str, body: bytes, header: str | None) -> bool:

@@ -1,4 +1,5 @@
-"""`outbox endpoints`: create, list, show, disable, enable, re-key and delete endpoints."""
+"""`outbox endpoints`: create, list, show, update, disable, enable, re-key and delete
+endpoints."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from outbox import netguard, render, signing
 from outbox.accounts import check_account
 from outbox.ages import parse_age
 from outbox.commands import TYPE_PATTERN, argument, endpoint_id, event_type, shown
+from outbox.commands import endpoint_options as options
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
@@ -108,12 +110,14 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "endpoints",
         help="manage the endpoints webhooks are sent to",
-        description="Create, inspect, switch off and on, re-key and delete webhook endpoints.",
+        description="Create, inspect, change, switch off and on, re-key and delete webhook "
+        "endpoints.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     _register_create(actions)
     _register_reads(actions)
+    _register_update(actions)
     _register_changes(actions)
     parser.set_defaults(func=run)
 
@@ -150,7 +154,39 @@ def _register_create(actions: Any) -> None:
         action="store_true",
         help="the operator's feed: every account's events (not with --account)",
     )
+    options.add_options(create, default_rate=None)
     _json_flag(create)
+
+
+def _register_update(actions: Any) -> None:
+    update = actions.add_parser(
+        "update",
+        help="change an endpoint's URL, event types, description, headers or rate limit",
+        description="Change an endpoint in place: its id, secret and delivery history stay. A "
+        "new URL is where the next attempt of every pending delivery goes; new event types "
+        "apply to events fanned out from now on. Nothing changes if any value is refused.",
+    )
+    _endpoint_id(update)
+    update.add_argument(
+        "--url", metavar="URL", type=argument(check_url), help="the new absolute http(s) URL"
+    )
+    update.add_argument("--events", metavar="TYPES", type=argument(parse_types), help=TYPES_HELP)
+    update.add_argument(
+        "--description",
+        type=argument(check_description),
+        help=f"a new note, one line of at most {DESCRIPTION_LIMIT:,} characters ('' for none)",
+    )
+    options.add_options(update, default_rate=options.NOT_GIVEN)
+    update.add_argument(
+        "--remove-header",
+        dest="remove_headers",
+        metavar="NAME",
+        action="append",
+        type=argument(options.header_name),
+        default=[],
+        help="stop sending this custom header; repeat for more",
+    )
+    _json_flag(update)
 
 
 def _register_reads(actions: Any) -> None:
@@ -239,6 +275,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
     with admin.session(_url(settings)) as conn:
         endpoint = admin.get_endpoint(conn, args.endpoint_id)
         known = admin.known_event_types(conn)
+        custom = admin.endpoint_headers(conn, args.endpoint_id)
     if endpoint is None:
         raise _no_endpoint(args.endpoint_id)
     if args.type is not None and args.type not in known:
@@ -251,6 +288,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
         endpoint.secret,
         sent_type,
         previous_secret=endpoint.previous_secret,
+        custom=tuple(custom.items()),
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
@@ -272,6 +310,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
     account, patterns = args.account, args.events
     if account is not None and args.all_accounts:
         raise ConfigError("--account and --all-accounts exclude each other: give one of them")
+    headers = options.headers_given(args)
+    options.check_headers(headers)
     secret = signing.generate_secret()
     with admin.session(_url(settings)) as conn:
         check_types(patterns, admin.known_event_types(conn))
@@ -285,6 +325,8 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             account_id=account,
             all_accounts=args.all_accounts,
             max_per_account=settings.max_endpoints_per_account,
+            headers=headers,
+            rate_limit=args.rate_limit,
         )
     if args.json:
         render.emit_json({"id": endpoint_id, "secret": secret})
@@ -396,6 +438,8 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "all_accounts": endpoint.all_accounts,
         "secret": secret,
         "overlap_until": endpoint.previous_secret_until,
+        "header_names": endpoint.header_names,
+        "rate_limit": endpoint.rate_limit,
         "created_at": endpoint.created_at,
         "updated_at": endpoint.updated_at,
         "breaker": {
@@ -429,6 +473,8 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("failing", _failing_text(endpoint)),
             ("event types", ", ".join(endpoint.event_types)),
             ("description", endpoint.description or render.NONE),
+            ("headers", ", ".join(endpoint.header_names) or render.NONE),
+            ("rate limit", _rate_text(endpoint.rate_limit)),
             ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),
             ("secret", secret),
             ("overlap until", _overlap_text(endpoint.previous_secret_until)),
@@ -437,6 +483,53 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("deliveries", counts),
         ]
     )
+
+
+def _rate_text(rate_limit: int | None) -> str:
+    return render.NONE if rate_limit is None else f"{rate_limit}/s"
+
+
+def _update(args: argparse.Namespace, settings: Settings) -> int:
+    rate_given = args.rate_limit is not options.NOT_GIVEN
+    set_headers = options.headers_given(args)
+    if not (
+        rate_given
+        or set_headers
+        or args.remove_headers
+        or any(v is not None for v in (args.url, args.events, args.description))
+    ):
+        raise ConfigError(
+            "nothing to change: give --url, --events, --description, --header, "
+            "--remove-header or --rate-limit"
+        )
+    changes = admin.EndpointChanges(
+        url=args.url,
+        event_types=args.events,
+        description=args.description,
+        set_headers=set_headers,
+        remove_headers=args.remove_headers,
+        rate_limit=args.rate_limit if rate_given else None,
+        rate_limit_given=rate_given,
+    )
+    with admin.session(_url(settings)) as conn:
+        if args.events is not None:
+            check_types(args.events, admin.known_event_types(conn))
+        if not admin.update_endpoint(conn, args.endpoint_id, changes):
+            raise _no_endpoint(args.endpoint_id)
+        endpoint = admin.get_endpoint(conn, args.endpoint_id)
+    if endpoint is None:
+        raise _no_endpoint(args.endpoint_id)
+    secret = mask(endpoint.secret)
+    if args.json:
+        render.emit_json(_document(endpoint, secret))
+    else:
+        render.emit(_description(endpoint, secret))
+    if args.url is not None and endpoint.pending:
+        print(
+            f"its {endpoint.pending} pending deliveries go to the new URL from their next attempt",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _overlap_text(until: datetime | None) -> str:
@@ -505,6 +598,7 @@ _ACTIONS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "create": _create,
     "list": _list,
     "show": _show,
+    "update": _update,
     "disable": _switch,
     "enable": _switch,
     "rotate-secret": _rotate,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, LiteralString
@@ -11,7 +11,9 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import errors
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
+from outbox import custom_headers
 from outbox.db.connect import connect
 from outbox.errors import OutboxError
 from outbox.sqlfiles import queries
@@ -38,6 +40,8 @@ class EndpointSummary:
     probes: int  # while open: failed probes so far
     disabled_at: datetime | None
     disabled_reason: str | None
+    header_names: list[str]  # its custom headers, by name only: values may be credentials
+    rate_limit: int | None  # attempts started a second at most, across relays (None: no limit)
     pending: int
     failed: int
 
@@ -67,6 +71,8 @@ class EndpointDetail:
     pending: int
     failed: int
     delivered: int
+    header_names: list[str]  # its custom headers, by name only: values may be credentials
+    rate_limit: int | None
     previous_secret: str | None = field(repr=False)  # while a rotation's overlap lasts
     previous_secret_until: datetime | None
 
@@ -179,10 +185,14 @@ def create_endpoint(
     account_id: str | None = None,
     all_accounts: bool = False,
     max_per_account: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    rate_limit: int | None = None,
 ) -> str:
     """Insert an endpoint; returns its id. An account holding `max_per_account` endpoints
     already gets no more (OutboxError)."""
     params = {
+        "headers": Jsonb(dict(headers or {})),
+        "rate_limit": rate_limit,
         "url": url,
         "event_types": list(event_types),
         "description": description,
@@ -215,6 +225,62 @@ def list_endpoints(conn: Connection, *, account_id: str | None = None) -> list[E
 def get_endpoint(conn: Connection, endpoint_id: str) -> EndpointDetail | None:
     with conn.cursor(row_factory=class_row(EndpointDetail)) as cur:
         return cur.execute(_sql("endpoint_get"), {"endpoint_id": endpoint_id}).fetchone()
+
+
+@dataclass(frozen=True)
+class EndpointChanges:
+    """What `update_endpoint` changes; None leaves a field as it is. `rate_limit` is written
+    only when `rate_limit_given` (None then means no limit)."""
+
+    url: str | None = None
+    event_types: Sequence[str] | None = None
+    description: str | None = None
+    set_headers: Mapping[str, str] = field(default_factory=dict)
+    remove_headers: Sequence[str] = ()
+    rate_limit: int | None = None
+    rate_limit_given: bool = False
+
+
+def update_endpoint(conn: Connection, endpoint_id: str, changes: EndpointChanges) -> bool:
+    """Change an endpoint in place, in one transaction checked by the table's rules (a refused
+    value changes nothing). A changed URL is where the next attempt of every pending delivery
+    goes; changed event types apply to the events fanned out from then on. False when there is
+    no such endpoint; OutboxError when a header to remove is not the endpoint's."""
+    params = {"endpoint_id": endpoint_id}
+    with conn.transaction():
+        row = conn.execute(_sql("endpoint_options_lock"), params).fetchone()
+        if row is None:
+            return False
+        headers = None
+        if changes.set_headers or changes.remove_headers:
+            try:
+                new = custom_headers.merged(
+                    row[0], changes.set_headers, list(changes.remove_headers)
+                )
+            except KeyError as exc:
+                raise OutboxError(
+                    f"endpoint {endpoint_id} has no header {exc.args[0]!r} to remove"
+                ) from None
+            headers = Jsonb(new)
+        conn.execute(
+            _sql("endpoint_update"),
+            {
+                **params,
+                "url": changes.url,
+                "event_types": None if changes.event_types is None else list(changes.event_types),
+                "description": changes.description,
+                "headers": headers,
+                "rate_limit": changes.rate_limit,
+                "rate_limit_given": changes.rate_limit_given,
+            },
+        )
+    return True
+
+
+def endpoint_headers(conn: Connection, endpoint_id: str) -> dict[str, str]:
+    """The endpoint's custom headers with their values, to send them; never to show."""
+    row = conn.execute(_sql("endpoint_headers"), {"endpoint_id": endpoint_id}).fetchone()
+    return {} if row is None else dict(row[0])
 
 
 def set_endpoint_enabled(conn: Connection, endpoint_id: str, *, enabled: bool) -> int | None:

@@ -47,7 +47,14 @@ class Claimed:
     failing: bool = False  # its endpoint had failed attempts on record when it was claimed
     # The secret a rotation replaced, while its overlap lasts: it signs as well.
     previous_secret: str | None = field(default=None, repr=False)
+    # The endpoint's own headers as JSON text (None: none); their values may be credentials.
+    headers_json: str | None = field(default=None, repr=False)
+    # Rate-limited only: [seconds from the claim's now() to its slot, seconds from falling due to
+    # it, the claim's now() in Unix seconds].
+    slot: list[float] | None = None
     account_id: str | None = None  # its endpoint's account
+    start_at: float = 0.0  # rate-limited only: the time.monotonic() its attempt may start
+    give_up_at: float = 0.0  # rate-limited only: a start later than this would crowd the next
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,13 @@ def claim_statement(walk: bool) -> LiteralString:
 
 CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
 DEFAULT_BREAKER = Breaker()
+# How late after its slot a rate-limited attempt may still start; later, it is handed back and
+# claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE + w)
+# + 1 starts in any second, w being ClockLink's uncertainty (the quickest recent claim's round
+# trip, well under a millisecond beside the database).
+SLOT_GRACE = 0.02
+# How long ClockLink trusts its reading of the database's clock before taking a fresh one.
+LINK_FRESH = 30.0
 # How often the relay counts its enabled endpoints to choose between the two claims.
 RECOUNT_SECONDS = 10.0
 
@@ -143,6 +157,7 @@ class Store:
         self._turns = Turns()  # where the latest claim got to: the next starts after it
         self._walk = False  # more than 100 enabled endpoints: claim by walking the pending index
         self._counted = float("-inf")  # when the enabled endpoints were last counted
+        self._clock = ClockLink()  # the database's clock, for rate-limited deliveries' slots
 
     @property
     def walking(self) -> bool:
@@ -164,9 +179,12 @@ class Store:
                 cur = await conn.execute(Q["endpoints_many"])
                 row = await cur.fetchone()
                 self._walk, self._counted = bool(row and row[0]), now
+            sent = time.monotonic()
             cur = await conn.execute(CLAIM[self._walk], params)
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
+        if claimed:
+            _place(claimed, self._clock, sent, time.monotonic())
         # The next claim starts after the account and endpoint this one reached last.
         self._turns.advance(((c.account_id, c.endpoint_id) for c in claimed), walking=self._walk)
         return claimed
@@ -243,6 +261,44 @@ class Store:
     async def forget(self, relay_id: str) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(Q["relay_forget"], {"id": relay_id})
+
+
+class ClockLink:
+    """The database's clock read on this relay's monotonic clock, from the claims themselves.
+
+    A claim's now() happened between sending it and its answer, so `now() - answered` is at most
+    the true difference between the clocks, and within the claim's round trip of it. The reading
+    of the quickest claim of the last LINK_FRESH seconds is kept: a slot read through it comes
+    never early, and late by no more than that round trip, however slow this claim was or how
+    long its answer waited for a busy event loop (which, reckoned from the answer, would shift
+    all of a claim's slots late together, onto another relay's)."""
+
+    __slots__ = ("_at", "_lo", "_width")
+
+    def __init__(self) -> None:
+        self._lo = 0.0
+        self._width = float("inf")
+        self._at = float("-inf")
+
+    def offset(self, db_now: float, sent: float, answered: float) -> float:
+        """Database seconds less monotonic seconds, as best known after this claim."""
+        width = answered - sent
+        if width <= self._width or answered - self._at > LINK_FRESH:
+            self._lo, self._width, self._at = db_now - answered, width, answered
+        return self._lo
+
+
+def _place(claimed: list[Claimed], clock: ClockLink, sent: float, answered: float) -> None:
+    """Give each rate-limited delivery the monotonic times between which its attempt may start:
+    its slot, and SLOT_GRACE after it. Starts a relay made late, all at once after a stall, would
+    otherwise crowd the slots of the next moment at another relay."""
+    offset: float | None = None
+    for c in claimed:
+        if c.slot is not None:
+            if offset is None:
+                offset = clock.offset(c.slot[2], sent, answered)
+            c.start_at = c.slot[2] + c.slot[0] - offset
+            c.give_up_at = c.start_at + SLOT_GRACE
 
 
 def _outcomes_json(results: Sequence[Result]) -> str:

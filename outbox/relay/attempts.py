@@ -3,13 +3,17 @@ did, counted, logged and handed to the observer."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+import orjson
 import structlog
 
 from outbox import payload, retry, signing
@@ -88,6 +92,20 @@ def decide(
     return "pending", delay
 
 
+async def slot_reached(c: Claimed) -> None:
+    """Wait for a rate-limited delivery's slot: its endpoint's limit lets its attempt start then."""
+    delay = c.start_at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+@functools.lru_cache(maxsize=1024)
+def custom_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """An endpoint's own headers from the claim's JSON text (cached: endpoints repeat)."""
+    parsed = orjson.loads(text)
+    return tuple((str(name), str(value)) for name, value in parsed.items())
+
+
 def audit_text(body: bytes) -> str | None:
     """The response body as text fit for a PostgreSQL column (no NUL), or None when empty."""
     if not body:
@@ -128,6 +146,8 @@ class Attempts:
     async def attempt(self, c: Claimed) -> Result:
         """Send one delivery and work out its outcome (recording it is the caller's job). Every
         claimed delivery gets a result, whatever fails."""
+        if c.slot is not None:
+            await slot_reached(c)
         try:
             body, headers, started = self.prepare(c)
         except Exception as exc:
@@ -157,6 +177,7 @@ class Attempts:
             timestamp=int(started.timestamp()),
             user_agent=signing.USER_AGENT,
             previous_secret=c.previous_secret,
+            custom=custom_headers(c.headers_json) if c.headers_json is not None else (),
         )
         return body, headers, started
 

@@ -19,7 +19,7 @@ import structlog
 from outbox.config import Settings
 from outbox.db.store import TRANSIENT, Claimed, Store
 from outbox.relay import duties
-from outbox.relay.attempts import Attempts, Observer, Tally
+from outbox.relay.attempts import Attempts, Observer, Tally, slot_reached
 from outbox.relay.claimloop import ClaimLoop, Pacing
 from outbox.relay.fanout import FanOut, Pace
 from outbox.relay.flight import Flight
@@ -150,6 +150,11 @@ class Relay:
                 waiter: asyncio.Future[Claimed] = loop.create_future()
                 flight.idle.append(waiter)
                 c = await waiter
+            if c.slot is not None:
+                await slot_reached(c)  # its endpoint's rate limit lets it start then
+                if time.monotonic() > c.give_up_at:
+                    await self._hand_back(c)
+                    continue
             # attempt()'s steps inline: one coroutine less to resume at every wake-up
             try:
                 body, headers, started = attempts.prepare(c)
@@ -168,6 +173,14 @@ class Relay:
             # 1 MB, `concurrency` idle workers would otherwise hold hundreds of MB between them.
             del c, result
             body = b""
+
+    async def _hand_back(self, c: Claimed) -> None:
+        """Release a rate-limited delivery this relay came to too late for its slot (its event
+        loop was held up): due again now, it is claimed for a later slot."""
+        with contextlib.suppress(*TRANSIENT):
+            await self.store.release([c])
+        if self.flight.settle(c):
+            self._nudge.set()
 
     async def _nudge_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -6,9 +6,10 @@ select name from outbox.event_types order by name;
 
 -- name: endpoint_insert
 insert into outbox.endpoints (url, event_types, description, enabled, secret, account_id,
-                              all_accounts)
+                              all_accounts, headers, rate_limit)
 values (%(url)s::text, %(event_types)s::text[], %(description)s::text, %(enabled)s::boolean,
-        %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean)
+        %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean, %(headers)s::jsonb,
+        %(rate_limit)s::integer)
 returning id;
 
 -- name: account_endpoints_lock
@@ -27,6 +28,8 @@ select exists (select 1 from outbox.endpoints where id = %(endpoint_id)s::text);
 select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
        ep.account_id, ep.all_accounts, ep.consecutive_failures, ep.failing_since,
        ep.breaker_opened_at, ep.probe_at, ep.probes, ep.disabled_at, ep.disabled_reason,
+       -- The custom headers' names only: their values may be credentials.
+       array(select jsonb_object_keys(ep.headers) order by 1) as header_names, ep.rate_limit,
        (select count(*) from outbox.deliveries d
         where d.endpoint_id = ep.id and d.status = 'pending') as pending,
        (select count(*) from outbox.deliveries d
@@ -40,6 +43,7 @@ select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
        ep.updated_at, ep.account_id, ep.all_accounts, ep.consecutive_failures, ep.failing_since,
        ep.last_failure_at, ep.breaker_opened_at, ep.probe_at, ep.probes, ep.disabled_at,
        ep.disabled_reason, ep.secret, c.pending, c.failed, c.delivered,
+       array(select jsonb_object_keys(ep.headers) order by 1) as header_names, ep.rate_limit,
        case when ep.previous_secret_until > now() then ep.previous_secret end as previous_secret,
        case when ep.previous_secret_until > now() then ep.previous_secret_until end
            as previous_secret_until
@@ -52,6 +56,26 @@ cross join lateral (
     where d.endpoint_id = ep.id
 ) c
 where ep.id = %(endpoint_id)s::text;
+
+-- name: endpoint_options_lock
+-- The endpoint's custom headers, locked for an update that merges changes into them.
+select headers from outbox.endpoints where id = %(endpoint_id)s::text for no key update;
+
+-- name: endpoint_update
+-- Each column given (not null) is written, and checked by the table's triggers as any UPDATE is;
+-- %(rate_limit_given)s says whether rate_limit (null: no limit) is one of them.
+update outbox.endpoints ep
+set url = coalesce(%(url)s::text, ep.url),
+    event_types = coalesce(%(event_types)s::text[], ep.event_types),
+    description = coalesce(%(description)s::text, ep.description),
+    headers = coalesce(%(headers)s::jsonb, ep.headers),
+    rate_limit = case when %(rate_limit_given)s::boolean then %(rate_limit)s::integer
+                      else ep.rate_limit end
+where ep.id = %(endpoint_id)s::text;
+
+-- name: endpoint_headers
+-- The custom headers with their values, for sending only (`outbox endpoints test`).
+select headers from outbox.endpoints where id = %(endpoint_id)s::text;
 
 -- name: endpoint_enabled_set
 -- Returns the pending deliveries that this switch holds back or releases.

@@ -10,6 +10,16 @@
 -- relay; recording its outcome sets the next probe's time or closes the breaker. Endpoints with
 -- a closed breaker are listed, probed and locked as before.
 --
+-- An endpoint with a rate limit (rate_limit starts a second, across relays) is taken the same
+-- way: its row locked (SKIP LOCKED), and only while it has a delivery due and a slot free within
+-- the next second. It gives as many deliveries as it has slots from rate_next_at (or now) to a
+-- second on, 1/rate_limit seconds apart, and rate_next_at moves past the slots taken, in this
+-- statement: however many relays claim, no two deliveries share a slot. Each such row comes
+-- with [seconds from now() to its slot, seconds from when it fell due to its slot, now() in Unix
+-- seconds]; the relay starts the attempt at its slot, which is always well inside the lease
+-- (outbox.db.store.ClockLink says when that is by the relay's clock). Endpoints without a
+-- limit read nothing of this: their rows are neither locked nor written.
+--
 -- Endpoint by endpoint, through deliveries_pending_idx (endpoint_id, next_attempt_at): `turn`
 -- lists the enabled endpoints this relay is not skipping (%(busy)s: those at its per-endpoint
 -- cap) in the order they take turns, and each gives its oldest due deliveries until %(limit)s
@@ -18,10 +28,10 @@
 -- previous claim reached last, and wrapping round; within each account its endpoints in
 -- descending id order starting below the one that account's last turn reached (`afters`, an
 -- object of account to endpoint id; the account-less endpoints are account ''). So an account
--- with many endpoints, or a large backlog, gets a turn like any other account with work. The LIMIT stops the walk as soon as it has enough,
--- so only the rows claimed are read and locked (with the dead entries at the head of each
--- endpoint's range that it visits), and the deliveries of disabled or skipped endpoints are never
--- read. SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
+-- with many endpoints, or a large backlog, gets a turn like any other account with work. The
+-- LIMIT stops the walk as soon as it has enough, so only the rows claimed are read and locked
+-- (with the dead entries at the head of each endpoint's range that it visits), and the
+-- deliveries of disabled or skipped endpoints are never read. SKIP LOCKED inside each endpoint's scan keeps concurrent relays on different rows. The
 -- MATERIALIZED CTE is a fence: the planner cannot flatten it into a join that locks whatever
 -- rows it happens to visit.
 --
@@ -37,26 +47,39 @@ with recursive async_commit as materialized (
 ),
 -- turn
 due as materialized (
-    select taken.id, turn.id as endpoint_id, turn.probe
+    select taken.id, turn.id as endpoint_id, turn.probe, turn.rate, turn.base, taken.due_at
     from turn
     cross join lateral (
-        select d.id
+        select d.id, d.next_attempt_at as due_at
         from outbox.deliveries d
         where d.endpoint_id = turn.id
           and d.status = 'pending'
           and d.next_attempt_at <= now()
         order by d.next_attempt_at
-        limit case when turn.probe then 1 else %(limit)s end
+        limit coalesce(turn.quota, %(limit)s)
         for update of d skip locked
     ) taken
     limit %(limit)s
 ),
-probing as (
+-- The endpoints probed (probe_at pushed on by the lease) and rate-limited (rate_next_at moved
+-- past the slots taken): one UPDATE, as an endpoint can be both.
+touched as (
     update outbox.endpoints ep
-    set probe_at = now() + make_interval(secs => %(lease)s::float8)
-    where ep.id = any (array(select due.endpoint_id from due where due.probe))
-      -- Evaluated once: without a probe, the endpoints are not read at all.
-      and (select bool_or(due.probe) from due)
+    set probe_at = case when t.probe then now() + make_interval(secs => %(lease)s::float8)
+                        else ep.probe_at end,
+        rate_next_at = case when t.rate is not null
+                            then t.base + make_interval(secs => t.taken / t.rate)
+                            else ep.rate_next_at end
+    from (
+        select due.endpoint_id, bool_or(due.probe) as probe, min(due.rate) as rate,
+               min(due.base) as base, count(*)::float8 as taken
+        from due
+        where due.probe or due.rate is not null
+        group by due.endpoint_id
+    ) t
+    where ep.id = t.endpoint_id
+      -- Evaluated once: without a probe or a rate limit, the endpoints are not read at all.
+      and (select bool_or(due.probe or due.rate is not null) from due)
 ),
 -- PostgreSQL may run a prepared statement with a generic plan, and one made while the tables
 -- were still empty is kept until they are next analyzed: a join planned then (UPDATE ... FROM
@@ -76,7 +99,23 @@ select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
        ep.id, ep.url, ep.secret,
        c.id = any (array(select due.id from due where due.probe)) as probe, ep.failing,
-       ep.previous_secret, ep.account_id
+       ep.previous_secret, ep.headers,
+       -- A rate-limited delivery's slot, the endpoint's next after those of its deliveries
+       -- ahead of it in this claim. Evaluated only when the claim took such a delivery.
+       case when (select bool_or(due.rate is not null) from due) then (
+           select array[extract(epoch from s.base - now()) + s.place / s.rate,
+                        extract(epoch from s.base - s.due_at) + s.place / s.rate,
+                        extract(epoch from now())]
+           from (
+               select due.base, due.rate::float8 as rate, due.due_at,
+                      (select count(*) from due ahead
+                       where ahead.endpoint_id = due.endpoint_id and ahead.id < due.id)::float8
+                          as place
+               from due
+               where due.id = c.id
+                 and due.rate is not null
+           ) s
+       ) end as slot
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
@@ -90,6 +129,8 @@ cross join lateral (
            -- During a rotation's overlap the replaced secret signs too.
            case when ep.previous_secret_until > now() then ep.previous_secret end
                as previous_secret,
+           -- Custom headers as text, parsed by the relay only when there are some.
+           nullif(ep.headers, '{}')::text as headers,
            ep.account_id
     from outbox.endpoints ep
     where ep.id = c.endpoint_id
@@ -99,26 +140,46 @@ cross join lateral (
 -- name: deliveries_claim_turn_each
 -- The claim's `turn` with up to 100 enabled endpoints: each enabled endpoint not skipped, each to
 -- be probed in deliveries_pending_idx whether it has anything due, by account and then by
--- endpoint; an endpoint whose breaker is open only once its probe is due, and locked (the
--- sub-select: FOR UPDATE takes no UNION).
-turn (id, probe) as (
-    select t.id, t.probe
+-- endpoint; an endpoint whose breaker is open only once its probe is due, and one with a rate
+-- limit only while it has a delivery due and a slot free within the next second, both locked (the sub-select: FOR NO KEY UPDATE takes
+-- no UNION; NO KEY, so fan-out adding deliveries to the endpoint never makes the claim skip it).
+-- `quota`: the most deliveries the endpoint may give (NULL: up to the claim's limit); `rate` and
+-- `base`: its limit and first free slot.
+turn (id, probe, rate, base, quota) as (
+    select t.id, t.probe, t.rate, t.base, t.quota
     from (
-        select ep.id, coalesce(ep.account_id, '') as account, false as probe
+        select ep.id, coalesce(ep.account_id, '') as account, false as probe,
+               null::integer as rate, null::timestamptz as base, null::integer as quota
         from outbox.endpoints ep
         where ep.enabled
           and ep.probe_at is null
+          and ep.rate_limit is null
           and ep.id <> all (%(busy)s::text[])
         union all
-        select open.id, open.account, true
+        select held.id, held.account, held.probe, held.rate, held.base, held.quota
         from (
-            select ep.id, coalesce(ep.account_id, '') as account
+            select ep.id, coalesce(ep.account_id, '') as account,
+                   ep.probe_at is not null as probe, ep.rate_limit as rate,
+                   greatest(ep.rate_next_at, now()) as base,
+                   case when ep.probe_at is not null then 1
+                        when ep.rate_limit is not null then ceil(
+                            (1.0 - greatest(extract(epoch from ep.rate_next_at - now()), 0.0))
+                            * ep.rate_limit)::integer
+                   end as quota
             from outbox.endpoints ep
             where ep.enabled
-              and ep.probe_at <= now()
               and ep.id <> all (%(busy)s::text[])
-            for update skip locked
-        ) open
+              and (ep.probe_at <= now()
+                   or (ep.probe_at is null
+                       and ep.rate_limit is not null
+                       -- its soonest pending delivery, by deliveries_pending_idx
+                       and (select d.next_attempt_at from outbox.deliveries d
+                            where d.endpoint_id = ep.id and d.status = 'pending'
+                            order by d.next_attempt_at limit 1) <= now()))
+              and (ep.rate_limit is null or ep.rate_next_at is null
+                   or ep.rate_next_at < now() + interval '1 second')
+            for no key update skip locked
+        ) held
     ) t
     order by t.account >= %(after_account)s::text, t.account desc,
              t.id >= coalesce(%(afters)s::jsonb ->> t.account, ''), t.id desc
@@ -158,31 +219,49 @@ from_top (id) as (
     from from_top
     where from_top.id >= %(after)s::text
 ),
--- An endpoint whose breaker is open is usable only once its probe is due, and locked; the second
--- branch is never run for an endpoint the first one gave (LIMIT 1).
-turn (id, probe) as (
-    select walked.id, usable.probe
+-- An endpoint whose breaker is open is usable only once its probe is due, and one with a rate
+-- limit while it has a delivery due and a slot free within the next second, both locked, as in
+-- deliveries_claim_turn_each; the second branch is never run for an endpoint the first one gave
+-- (LIMIT 1).
+turn (id, probe, rate, base, quota) as (
+    select walked.id, usable.probe, usable.rate, usable.base, usable.quota
     from (select below.id from below where below.id is not null
           union all
           select from_top.id from from_top where from_top.id >= %(after)s::text) walked
     cross join lateral (
-        select false as probe
+        select false as probe, null::integer as rate, null::timestamptz as base,
+               null::integer as quota
         from outbox.endpoints ep
         where ep.id = walked.id
           and ep.enabled
           and ep.probe_at is null
+          and ep.rate_limit is null
           and ep.id <> all (%(busy)s::text[])
         union all
-        select true
+        select held.probe, held.rate, held.base, held.quota
         from (
-            select 1
+            select ep.probe_at is not null as probe, ep.rate_limit as rate,
+                   greatest(ep.rate_next_at, now()) as base,
+                   case when ep.probe_at is not null then 1
+                        when ep.rate_limit is not null then ceil(
+                            (1.0 - greatest(extract(epoch from ep.rate_next_at - now()), 0.0))
+                            * ep.rate_limit)::integer
+                   end as quota
             from outbox.endpoints ep
             where ep.id = walked.id
               and ep.enabled
-              and ep.probe_at <= now()
               and ep.id <> all (%(busy)s::text[])
-            for update skip locked
-        ) open
+              and (ep.probe_at <= now()
+                   or (ep.probe_at is null
+                       and ep.rate_limit is not null
+                       -- its soonest pending delivery, by deliveries_pending_idx
+                       and (select d.next_attempt_at from outbox.deliveries d
+                            where d.endpoint_id = ep.id and d.status = 'pending'
+                            order by d.next_attempt_at limit 1) <= now()))
+              and (ep.rate_limit is null or ep.rate_next_at is null
+                   or ep.rate_next_at < now() + interval '1 second')
+            for no key update skip locked
+        ) held
         limit 1
     ) usable
 ),
@@ -330,15 +409,16 @@ with recursive pending (id) as (
 select extract(epoch from min(soonest.at) - now())::float8
 from pending
 cross join lateral (
-    select ep.probe_at
+    select ep.probe_at, ep.rate_next_at - interval '1 second' as slot_free_at
     from outbox.endpoints ep
     where ep.id = pending.id
       and ep.enabled
     limit 1
 ) usable
 cross join lateral (
-    -- An endpoint whose breaker is open gives nothing before its next probe.
-    select greatest(d.next_attempt_at, usable.probe_at) as at
+    -- An endpoint whose breaker is open gives nothing before its next probe, nor one with a rate
+    -- limit before a slot within the next second is free.
+    select greatest(d.next_attempt_at, usable.probe_at, usable.slot_free_at) as at
     from outbox.deliveries d
     where d.endpoint_id = pending.id
       and d.status = 'pending'

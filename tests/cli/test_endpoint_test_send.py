@@ -34,6 +34,10 @@ def test_sends_a_sample_both_signatures_verify(
 ) -> None:
     with running_receiver() as receiver:
         endpoint_id, secret = _endpoint(conn, receiver.url())
+        conn.execute(
+            """update outbox.endpoints set headers = '{"X-Tenant": "acme"}' where id = %s""",
+            [endpoint_id],
+        )
         done = subprocess.run(
             outbox_cmd("endpoints", "test", endpoint_id),
             env=cli_env,
@@ -49,6 +53,7 @@ def test_sends_a_sample_both_signatures_verify(
     assert signing.verify_stover(secret, got.body, got.headers["X-Stover-Signature"])
     Webhook(secret).verify(got.body, got.headers)
     assert b'"data":{"test":true}' in got.body
+    assert got.headers["X-Tenant"] == "acme"  # the endpoint's own headers, as attempts carry
     # Nothing is recorded for a test send.
     assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (0,)
 

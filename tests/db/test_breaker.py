@@ -13,6 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from outbox.db.store import claim_statement
+from outbox.db.turns import Turns
 from outbox.relay.breaker import Verdict
 from outbox.sqlfiles import queries
 
@@ -22,7 +23,7 @@ from .test_claim_plan import _plan_nodes, _rows_read
 
 Conn = psycopg.Connection[Any]
 Q = queries("deliveries")
-CLAIM_PARAMS = {"limit": 50, "lease": 45.0, "busy": [], "after": ""}
+CLAIM_PARAMS = {"limit": 50, "lease": 45.0, "busy": [], **Turns().params()}
 
 
 def endpoint(

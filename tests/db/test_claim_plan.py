@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from outbox.db.store import claim_statement
+from outbox.db.turns import Turns
 from outbox.sqlfiles import queries
 
 
@@ -49,7 +50,7 @@ def test_claim_uses_the_pending_index_over_a_million_pending(conn: psycopg.Conne
     with conn.transaction():
         row = conn.execute(
             "explain (format json) " + claim,
-            {"limit": 100, "lease": 45.0, "busy": [], "after": ""},
+            {"limit": 100, "lease": 45.0, "busy": [], **Turns().params()},
         ).fetchone()
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
@@ -109,7 +110,7 @@ def test_claim_never_reads_deliveries_of_disabled_or_skipped_endpoints(
         " select 'evt_' || g, 'deal.created', '{}' from generate_series(1, 20100) g"
     )
     conn.execute("analyze outbox.deliveries")
-    params = {"limit": 50, "lease": 45.0, "busy": ["ep_busy"], "after": ""}
+    params = {"limit": 50, "lease": 45.0, "busy": ["ep_busy"], **Turns().params()}
     claim = claim_statement(walk)
 
     with conn.transaction(force_rollback=True):

@@ -77,6 +77,8 @@ def test_a_relay_with_outbox_relay_delivers_and_may_touch_nothing_else(
     conn: Conn, db_url: str, cli_env: dict[str, str], login: Any
 ) -> None:
     add_endpoint(conn)
+    # A rate limit: the relay's claim takes its slots too.
+    conn.execute("update outbox.endpoints set rate_limit = 100")
     insert_contact(conn)
     sidecar = login("outbox_relay")
     env = {
@@ -101,6 +103,8 @@ def test_a_relay_with_outbox_relay_delivers_and_may_touch_nothing_else(
             "select * from stover.contacts",
             "update outbox.endpoints set url = 'http://127.0.0.1:9/y'",
             "update outbox.endpoints set secret = 'whsec_AAAA'",
+            """update outbox.endpoints set headers = '{"X-A": "b"}'""",
+            "update outbox.endpoints set rate_limit = null",
             "delete from outbox.events",
             "delete from outbox.deliveries",
             "insert into outbox.events (type, data) values ('contact.created', '{}')",
