@@ -136,16 +136,17 @@ def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
     not read whole tables once they hold rows, whether it asks each endpoint or walks the
     pending index for those with work."""
     claim = claim_statement(walk)
-    for n, name in enumerate(("limit", "lease", "busy", "after"), start=1):
+    names = ("limit", "lease", "busy", "after", "after_account", "afters")
+    for n, name in enumerate(names, start=1):
         claim = claim.replace(f"%({name})s", f"${n}")
     conn.execute("set plan_cache_mode = force_generic_plan")
-    conn.execute(f"prepare claim (integer, float8, text[], text) as {claim}")
+    conn.execute(f"prepare claim (integer, float8, text[], text, text, text) as {claim}")
     conn.execute(
         "insert into outbox.endpoints (id, url, event_types)"
         " values ('ep_1', 'http://127.0.0.1:9/', '{*}')"
     )
     with conn.transaction(force_rollback=True):
-        conn.execute("execute claim (64, 45, '{}', '')")  # planned now, on empty tables
+        conn.execute("execute claim (64, 45, '{}', '', '', '{}')")  # planned now, on empty tables
     conn.execute(
         "select outbox.emit('deal.created', jsonb_build_object('n', g))"
         " from generate_series(1, 2000) g"
@@ -153,7 +154,7 @@ def test_a_claim_planned_on_empty_tables_looks_rows_up_by_key_once_they_fill(
 
     with conn.transaction(force_rollback=True):
         row = conn.execute(
-            "explain (analyze, format json) execute claim (64, 45, '{}', '')"
+            "explain (analyze, format json) execute claim (64, 45, '{}', '', '', '{}')"
         ).fetchone()
     assert row is not None
     plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
