@@ -115,7 +115,8 @@ select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
                where due.id = c.id
                  and due.rate is not null
            ) s
-       ) end as slot
+       ) end as slot,
+       ep.account_id
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
