@@ -241,6 +241,13 @@ def _check_parser_agrees(url: str, parts: _Parts) -> str | None:
     return None
 
 
+def url_host(url: str) -> str:
+    """The host of a URL that `check_url` accepts, as the rule reads it: lower case, an IPv6
+    literal without its brackets."""
+    parts = _split(url)
+    return "" if isinstance(parts, str) else parts.host.lower()
+
+
 def literal_address(host: str) -> IPAddress | None:
     """The address when `host` (as yarl's `raw_host` spells it) is a canonical IP literal."""
     try:
