@@ -177,15 +177,11 @@ class Sender:
             client = await self._client_for(target) if target.pinned else shared
             if isinstance(client, str):
                 return _failed(client, None, started)
-            request = (
-                client.post(target.url)
-                .headers(headers)
-                .body_bytes(body)
-                # Hand over the answer at its headers, so a body that breaks off or stalls
-                # still leaves its status code on record.
-                .streamed_read_buffer_limit(0)
-                .build_streamed()
-            )
+            # The answer comes with up to 64 KiB of its body already read (pyreqwest's stream
+            # buffer): one hand-over from the client's thread instead of two (~6 us a delivery,
+            # against handing it over at its headers). So a body that breaks off or stalls in
+            # its first 64 KiB is recorded without the status code that came before it.
+            request = client.post(target.url).headers(headers).body_bytes(body).build_streamed()
             async with request as response:
                 status = response.status
                 kept = await _read_capped(response)

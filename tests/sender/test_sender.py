@@ -400,7 +400,7 @@ async def test_a_body_that_stalls_after_the_headers_times_out(receiver: Receiver
         outcome = await send_json(sender, receiver.url("/stall-body"))
 
     assert not outcome.ok
-    assert outcome.status_code == 200
+    assert outcome.status_code is None  # the body's first 64 KiB come with the answer
     assert outcome.error == "timeout: no response within 0.5s"
 
 
@@ -430,7 +430,7 @@ async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         (garbage, "protocol: invalid HTTP response", None),
         (hang_up, "disconnected:", None),
         (close_at_once, "disconnected:", None),
-        (hang_up_mid_body, "protocol: response body broken off", 200),
+        (hang_up_mid_body, "protocol: response body broken off", None),
     ],
 )
 async def test_broken_answers_are_failures_with_a_clear_class(
