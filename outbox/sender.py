@@ -32,6 +32,7 @@ KEEPALIVE_SECONDS: Final = 4.0
 # is cheap; a changed answer costs a new client (~5 ms of CPU: it loads the system's roots).
 READDRESS_SECONDS: Final = 60.0
 MAX_TRACKED_HOSTS: Final = 1024
+_BAD_HEADER: Final = "invalid_header: a header name or value that HTTP cannot carry"
 _OS_ERROR: Final = re.compile(r" \(os error \d+\)$")
 
 HostKey = tuple[str, str, int | None]  # scheme, host, port: one line of attempts per target
@@ -181,7 +182,11 @@ class Sender:
             # buffer): one hand-over from the client's thread instead of two (~6 us a delivery,
             # against handing it over at its headers). So a body that breaks off or stalls in
             # its first 64 KiB is recorded without the status code that came before it.
-            request = client.post(target.url).headers(headers).body_bytes(body).build_streamed()
+            try:
+                request = client.post(target.url).headers(headers).body_bytes(body).build_streamed()
+            except ValueError:
+                # Never the value itself in the error: headers can carry credentials.
+                return _failed(_BAD_HEADER, None, started)
             async with request as response:
                 status = response.status
                 kept = await _read_capped(response)

@@ -474,6 +474,18 @@ async def test_unusable_urls_fail_without_a_request(sender: Sender, url: str, re
     assert outcome.error.startswith(reason)
 
 
+@pytest.mark.parametrize(
+    "headers", [{"X-Token": "secret\nInjected: yes"}, {"X Token": "secret"}, {"X-Token": "a\x00"}]
+)
+async def test_a_header_that_http_cannot_carry_fails_without_a_request_or_its_value(
+    sender: Sender, receiver: Receiver, headers: dict[str, str]
+) -> None:
+    outcome = await sender.send(receiver.url("/ok"), BODY, headers)
+
+    assert outcome.error == "invalid_header: a header name or value that HTTP cannot carry"
+    assert receiver.received == []
+
+
 def _ipv6_loopback_available() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:
