@@ -193,7 +193,9 @@ class Sender:
                 return _answered(response, status, kept, started)
         except rq.PyreqwestError as exc:
             error = _describe(exc, target, self._timeout_error)
-            if target.pinned and error.startswith("connect:"):
+            if target.pinned and (
+                isinstance(exc, rq.ConnectTimeoutError) or error.startswith("connect:")
+            ):
                 self._forget_address(target.host)
         finally:
             slots.give()
