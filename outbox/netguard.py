@@ -9,7 +9,8 @@ from typing import Final
 
 from yarl import URL
 
-# yarl is the parser aiohttp itself uses, so the host judged here is the host connected to.
+# The sender also checks that the URL parser it connects with (pyreqwest's, the url crate's)
+# reads the host judged here, and refuses the URL otherwise.
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -218,8 +219,8 @@ def _check_name(host: str) -> str | None:
 
 
 def _check_parser_agrees(url: str, parts: _Parts) -> str | None:
-    """yarl, the parser aiohttp connects with, must read the same scheme, host and port: the
-    host judged here is the host connected to."""
+    """yarl, a WHATWG-style parser like the one the sender connects with, must read the same
+    scheme, host and port: a URL whose parts parsers can disagree about is refused here."""
     try:
         parsed = URL(url)
     except ValueError as exc:
@@ -239,6 +240,13 @@ def _check_parser_agrees(url: str, parts: _Parts) -> str | None:
     ) or not same_host:
         return "not a valid URL: its parts are ambiguous"
     return None
+
+
+def url_host(url: str) -> str:
+    """The host of a URL that `check_url` accepts, as the rule reads it: lower case, an IPv6
+    literal without its brackets."""
+    parts = _split(url)
+    return "" if isinstance(parts, str) else parts.host.lower()
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -1,5 +1,6 @@
-"""The baseline: a bare aiohttp client in its own process, POSTing prepared requests at a fixed
-concurrency. Run as `python -m outbox.bench.client SPEC.json`; prints one JSON line of results."""
+"""The baselines: a bare HTTP client (aiohttp or pyreqwest) in its own process, POSTing prepared
+requests at a fixed concurrency. Run as `python -m outbox.bench.client SPEC.json`; prints one JSON
+line of results."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pyreqwest.client import ClientBuilder
 
 from outbox import payload, signing
 from outbox.db.benchdb import EventRow
 from outbox.errors import OutboxError
 from outbox.signing import USER_AGENT
+
+ENGINES = ("aiohttp", "pyreqwest")
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,13 @@ def prepare(rows: list[EventRow], secret: str) -> list[tuple[str, dict[str, str]
     return prepared
 
 
-def run_client(spec: dict[str, Any], workdir: Path, env: dict[str, str]) -> ClientResult:
-    """Run the client process to completion with `spec` (url, concurrency, count, requests)."""
+def run_client(
+    spec: dict[str, Any], engine: str, workdir: Path, env: dict[str, str]
+) -> ClientResult:
+    """Run the `engine` client's process to completion with `spec` (url, concurrency, count,
+    requests)."""
     path = workdir / "client-spec.json"
-    path.write_text(json.dumps(spec))
+    path.write_text(json.dumps({**spec, "engine": engine}))
     done = subprocess.run(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "outbox.bench.client", str(path)],
         env=env,
@@ -69,6 +77,12 @@ def run_client(spec: dict[str, Any], workdir: Path, env: dict[str, str]) -> Clie
 
 
 async def _post_all(spec: dict[str, Any]) -> ClientResult:
+    if spec["engine"] == "pyreqwest":
+        return await _post_all_pyreqwest(spec)
+    return await _post_all_aiohttp(spec)
+
+
+async def _post_all_aiohttp(spec: dict[str, Any]) -> ClientResult:
     url: str = spec["url"]
     count: int = spec["count"]
     concurrency: int = spec["concurrency"]
@@ -93,6 +107,38 @@ async def _post_all(spec: dict[str, Any]) -> ClientResult:
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     ok += response.status == 200
+
+        cpu = time.process_time()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ClientResult(count, ok, time.perf_counter() - started, time.process_time() - cpu)
+
+
+async def _post_all_pyreqwest(spec: dict[str, Any]) -> ClientResult:
+    url: str = spec["url"]
+    count: int = spec["count"]
+    concurrency: int = spec["concurrency"]
+    requests = [(body.encode(), headers) for body, headers in spec["requests"]]
+    ok = 0
+    counter = itertools.count()
+    client = (
+        ClientBuilder()
+        .timeout(timedelta(seconds=30.0))
+        .pool_idle_timeout(timedelta(seconds=4.0))
+        .gzip(False)
+        .brotli(False)
+        .zstd(False)
+        .deflate(False)
+        .build()
+    )
+    async with client:
+
+        async def worker() -> None:
+            nonlocal ok
+            while (index := next(counter)) < count:
+                body, headers = requests[index % len(requests)]
+                response = await client.post(url).headers(headers).body_bytes(body).build().send()
+                ok += response.status == 200
 
         cpu = time.process_time()
         started = time.perf_counter()
