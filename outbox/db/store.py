@@ -46,6 +46,8 @@ class Claimed:
     failing: bool = False  # its endpoint had failed attempts on record when it was claimed
     # The secret a rotation replaced, while its overlap lasts: it signs as well.
     previous_secret: str | None = field(default=None, repr=False)
+    record: str | None = None  # the record the event is about ('deals:42'), when it names one
+    sequence: int | None = None  # the event's place among its record's events, from 1
 
 
 @dataclass(frozen=True)
