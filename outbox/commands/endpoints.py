@@ -150,6 +150,12 @@ def _register_create(actions: Any) -> None:
         action="store_true",
         help="the operator's feed: every account's events (not with --account)",
     )
+    create.add_argument(
+        "--ordered",
+        action="store_true",
+        help="deliver each record's events one at a time, in the record's order; a delivery "
+        "waiting to be retried holds back only its own record's later ones",
+    )
     _json_flag(create)
 
 
@@ -285,6 +291,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             account_id=account,
             all_accounts=args.all_accounts,
             max_per_account=settings.max_endpoints_per_account,
+            ordered=args.ordered,
         )
     if args.json:
         render.emit_json({"id": endpoint_id, "secret": secret})
@@ -428,6 +435,7 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("breaker", _breaker_text(endpoint)),
             ("failing", _failing_text(endpoint)),
             ("event types", ", ".join(endpoint.event_types)),
+            ("ordered", "per record" if endpoint.ordered else "no"),
             ("description", endpoint.description or render.NONE),
             ("account", _account_text(endpoint.account_id, endpoint.all_accounts)),
             ("secret", secret),

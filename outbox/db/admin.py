@@ -69,6 +69,7 @@ class EndpointDetail:
     delivered: int
     previous_secret: str | None = field(repr=False)  # while a rotation's overlap lasts
     previous_secret_until: datetime | None
+    ordered: bool = False  # one attempt at a time per record, in the record's order
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class Delivery:
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
+    record: str | None = None  # the record its event is about
+    sequence: int | None = None  # the event's place among the record's events
+    ordered: bool = False  # written for an ordered endpoint
+    waiting_for: int | None = None  # held: the delivery of the same record it waits for
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ def create_endpoint(
     account_id: str | None = None,
     all_accounts: bool = False,
     max_per_account: int | None = None,
+    ordered: bool = False,
 ) -> str:
     """Insert an endpoint; returns its id. An account holding `max_per_account` endpoints
     already gets no more (OutboxError)."""
@@ -190,6 +196,7 @@ def create_endpoint(
         "secret": secret,
         "account_id": account_id,
         "all_accounts": all_accounts,
+        "ordered": ordered,
     }
     with conn.transaction():
         if account_id is not None and max_per_account is not None:
@@ -205,6 +212,13 @@ def create_endpoint(
     if row is None:
         raise OutboxError("the database returned no id for the new endpoint")
     return str(row[0])
+
+
+def set_endpoint_ordered(conn: Connection, endpoint_id: str, *, ordered: bool) -> bool:
+    """Switch an endpoint's ordering per record for the deliveries written from now on; False
+    when there is no such endpoint."""
+    params = {"endpoint_id": endpoint_id, "ordered": ordered}
+    return conn.execute(_sql("endpoint_ordered_set"), params).fetchone() is not None
 
 
 def list_endpoints(conn: Connection, *, account_id: str | None = None) -> list[EndpointSummary]:

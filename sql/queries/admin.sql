@@ -6,9 +6,16 @@ select name from outbox.event_types order by name;
 
 -- name: endpoint_insert
 insert into outbox.endpoints (url, event_types, description, enabled, secret, account_id,
-                              all_accounts)
+                              all_accounts, ordered)
 values (%(url)s::text, %(event_types)s::text[], %(description)s::text, %(enabled)s::boolean,
-        %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean)
+        %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean, %(ordered)s::boolean)
+returning id;
+
+-- name: endpoint_ordered_set
+-- Ordering applies to the deliveries fan-out writes from now on; those already pending keep the
+-- way they were written (a held one is still released when the one ahead of it ends).
+update outbox.endpoints set ordered = %(ordered)s::boolean
+where id = %(endpoint_id)s::text
 returning id;
 
 -- name: account_endpoints_lock
@@ -42,7 +49,8 @@ select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
        ep.disabled_reason, ep.secret, c.pending, c.failed, c.delivered,
        case when ep.previous_secret_until > now() then ep.previous_secret end as previous_secret,
        case when ep.previous_secret_until > now() then ep.previous_secret_until end
-           as previous_secret_until
+           as previous_secret_until,
+       ep.ordered
 from outbox.endpoints ep
 cross join lateral (
     select count(*) filter (where d.status = 'pending') as pending,
@@ -98,9 +106,23 @@ order by d.id desc
 limit %(limit)s::integer;
 
 -- name: delivery_get
+-- A held delivery (ordered, pending, no due time) waits for the one of its record that is under
+-- way or waiting on the retry ladder, else for the held one with the lowest number.
 select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
        e.created_at as event_created_at, d.endpoint_id, d.account_id, d.next_attempt_at,
-       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at
+       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at,
+       d.record, d.sequence, d.ordered,
+       case when d.ordered and d.status = 'pending' and d.next_attempt_at is null then (
+           select a.id
+           from outbox.deliveries a
+           where a.endpoint_id = d.endpoint_id
+             and a.record = d.record
+             and a.status = 'pending'
+             and a.ordered
+             and a.id <> d.id
+           order by a.next_attempt_at is null, a.sequence
+           limit 1)
+       end as waiting_for
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
 where d.id = %(delivery_id)s::bigint;
