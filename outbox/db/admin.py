@@ -221,6 +221,11 @@ def set_endpoint_ordered(conn: Connection, endpoint_id: str, *, ordered: bool) -
     return conn.execute(_sql("endpoint_ordered_set"), params).fetchone() is not None
 
 
+def _hold_ordered(conn: Connection, delivery_ids: list[int]) -> None:
+    """Requeued deliveries of ordered endpoints wait their record's turn (same transaction)."""
+    conn.execute(_sql("deliveries_hold_ordered"), {"delivery_ids": delivery_ids})
+
+
 def list_endpoints(conn: Connection, *, account_id: str | None = None) -> list[EndpointSummary]:
     with conn.cursor(row_factory=class_row(EndpointSummary)) as cur:
         return cur.execute(_sql("endpoints_list"), {"account_id": account_id}).fetchall()
@@ -312,6 +317,7 @@ def redeliver(conn: Connection, delivery_ids: Sequence[int]) -> Redelivery:
             raise OutboxError(f"no delivery with id {listed}")
         rows = conn.execute(_sql("deliveries_requeue"), {"delivery_ids": ids}).fetchall()
         if rows:
+            _hold_ordered(conn, [r[0] for r in rows])
             conn.execute(_sql("relays_wake"))
     pending = [i for i, status in found.items() if status == "pending"]
     return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=sorted(pending))
@@ -325,6 +331,7 @@ def redeliver_failed(
     with conn.transaction():
         rows = conn.execute(_sql("deliveries_failed_requeue"), params).fetchall()
         if rows:
+            _hold_ordered(conn, [r[0] for r in rows])
             conn.execute(_sql("relays_wake"))
     return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=[])
 
@@ -346,7 +353,7 @@ def replay(
         lock = conn.execute(_sql("endpoint_share_lock"), {"endpoint_id": endpoint_id}).fetchone()
         if lock is None:
             return None
-        subscribed, enabled, owner, all_accounts = lock
+        subscribed, enabled, owner, all_accounts, ordered = lock
         if account_id is not None and owner != account_id:
             whose = "it has no account" if owner is None else f"it is account {owner}'s"
             raise OutboxError(f"endpoint {endpoint_id} is not account {account_id}'s ({whose})")
@@ -358,9 +365,10 @@ def replay(
             "until": until,
             "subscribed": subscribed,
             "types": None if types is None else list(types),
+            "ordered": ordered,
         }
         row = conn.execute(_sql("endpoint_replay"), params).fetchone()
-        requeued, created, already_pending = (int(v) for v in row) if row else (0, 0, 0)
+        requeued, created, already_pending = (int(v) for v in row[:3]) if row else (0, 0, 0)
         if requeued or created:
             conn.execute(_sql("relays_wake"))
     return Replay(requeued, created, already_pending, endpoint_enabled=bool(enabled))

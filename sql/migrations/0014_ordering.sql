@@ -510,6 +510,40 @@ begin
 end
 $$;
 
+-- Deliveries made pending again by hand (`outbox redeliver`, `outbox replay`) take their turn on
+-- an ordered endpoint: each of `ids` that is ordered is held, and then, as when a delivery ends,
+-- each of their records with nothing under way gets its first held delivery going. An old
+-- delivery sent again thus goes after the one of its record in flight, and before the later ones
+-- still waiting. Returns how many it held.
+create function outbox.hold_ordered(ids bigint[])
+returns integer
+language plpgsql as $$
+declare
+    held integer;
+    endpoint_ids text[];
+    records text[];
+begin
+    select array_agg(d.endpoint_id), array_agg(d.record)
+    into endpoint_ids, records
+    from outbox.deliveries d
+    where d.id = any (ids) and d.ordered and d.record is not null and d.status = 'pending';
+    if endpoint_ids is null then
+        return 0;
+    end if;
+    perform 1
+    from outbox.records r
+    where r.key = any (records collate "C")
+    order by r.key
+    for no key update;
+    update outbox.deliveries d
+    set next_attempt_at = null
+    where d.id = any (ids) and d.ordered and d.record is not null and d.status = 'pending';
+    get diagnostics held = row_count;
+    perform outbox.release_next(endpoint_ids, records);
+    return held;
+end
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Roles: the relay numbers records and releases held deliveries; account roles may make their
 -- endpoints ordered.

@@ -161,13 +161,17 @@ where status = 'failed'
        or coalesce(last_attempt_at, created_at) >= %(since)s::timestamptz)
 returning id;
 
+-- name: deliveries_hold_ordered
+-- Requeued deliveries of ordered endpoints wait for the one of their record under way, if any.
+select outbox.hold_ordered(%(delivery_ids)s::bigint[]);
+
 -- name: relays_wake
 select outbox.wake_relays();
 
 -- name: endpoint_share_lock
 -- Serialises replays of one endpoint (NO KEY UPDATE conflicts with itself) without blocking
 -- writers, whose new deliveries only take KEY SHARE on the endpoint.
-select event_types, enabled, account_id, all_accounts from outbox.endpoints
+select event_types, enabled, account_id, all_accounts, ordered from outbox.endpoints
 where id = %(endpoint_id)s::text
 for no key update;
 
@@ -211,13 +215,25 @@ requeued as (
     returning d.id
 ),
 created as (
-    insert into outbox.deliveries (event_id, endpoint_id, account_id)
-    select m.id, %(endpoint_id)s::text, %(account_id)s::text
+    -- with the record and number fan-out gave the event
+    insert into outbox.deliveries (event_id, endpoint_id, account_id, record, sequence, ordered)
+    select m.id, %(endpoint_id)s::text, %(account_id)s::text, r.record, r.sequence,
+           %(ordered)s::boolean and r.record is not null
     from matching m
+    left join outbox.event_records r on r.event_id = m.id
     where not exists (select 1 from existing x where x.event_id = m.id)
     on conflict (event_id, endpoint_id) do nothing
     returning id
+),
+-- An ordered endpoint's take their turns (outbox.hold_ordered sees what this statement wrote).
+held as (
+    select case when %(ordered)s::boolean
+                then outbox.hold_ordered(array(select id from requeued
+                                               union all
+                                               select id from created))
+           end as held
 )
 select (select count(*) from requeued) as requeued,
        (select count(*) from created) as created,
-       (select count(*) from existing where status = 'pending') as already_pending;
+       (select count(*) from existing where status = 'pending') as already_pending,
+       (select held from held) as held;

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from outbox.db import admin
 from outbox.db.store import Q, Result, _outcomes_json
 
 from .rows import fan_out
@@ -243,3 +244,30 @@ def test_ending_an_ordered_delivery_makes_the_next_of_its_record_due(conn: Conn)
     conn.execute("update stover.deals set stage = 'proposal' where id = %s", [deal])
     fan_out(conn)
     assert due_by_record(conn, endpoint)[key] == [(4, True), (5, False)]
+
+
+def test_a_redelivered_or_replayed_delivery_takes_its_turn_on_an_ordered_endpoint(
+    conn: Conn,
+) -> None:
+    endpoint = add_endpoint(conn, ordered=True)
+    deal = add_deal(conn)
+    conn.execute("update stover.deals set stage = 'qualified' where id = %s", [deal])
+    fan_out(conn)
+    key = f"deals:{deal}"
+    first = delivery_of(conn, endpoint, key, 1)
+    finish(conn, first, "delivered")
+    assert due_by_record(conn, endpoint)[key] == [(2, True), (3, False)]
+    # Sent again while #2 is under way: it waits, and goes before #3.
+    admin.redeliver(conn, [first])
+    assert due_by_record(conn, endpoint)[key] == [(1, False), (2, True), (3, False)]
+    finish(conn, delivery_of(conn, endpoint, key, 2), "delivered")
+    assert due_by_record(conn, endpoint)[key] == [(1, True), (3, False)]
+    # A replay to an endpoint that missed the events: numbered as fan-out numbered them, one due.
+    late = add_endpoint(conn, ordered=True)
+    conn.execute(
+        "update outbox.endpoints set created_at = now() - interval '1 day' where id = %s", [late]
+    )
+    done = admin.replay(conn, endpoint_id=late, since=datetime(2000, 1, 1, tzinfo=UTC))
+    assert done is not None
+    assert done.created == 3
+    assert due_by_record(conn, late)[key] == [(1, True), (2, False), (3, False)]
