@@ -401,6 +401,7 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "description": endpoint.description,
         "account_id": endpoint.account_id,
         "all_accounts": endpoint.all_accounts,
+        "ordered": endpoint.ordered,
         "secret": secret,
         "overlap_until": endpoint.previous_secret_until,
         "created_at": endpoint.created_at,
