@@ -70,8 +70,14 @@ def render_event(
     created_at: datetime,
     data_json: str,
     previous_json: str | None,
+    *,
+    record: str | None = None,
+    sequence: int | None = None,
 ) -> bytes:
-    """The UTF-8 request body of one event; `data_json`/`previous_json` are `jsonb::text`."""
+    """The UTF-8 request body of one event; `data_json`/`previous_json` are `jsonb::text`.
+
+    An event about a record ends with `"record":{"key":…,"sequence":…}`: its key and its place
+    among the record's events (additive: the seed's fields come first, unchanged)."""
     data = _as_is(data_json)
     previous = None if previous_json is None else _as_is(previous_json)
     if data is not None and (previous is not None or previous_json is None):
@@ -91,9 +97,19 @@ def render_event(
         else:
             if previous is not None:
                 head += (b',"previous_attributes":', previous)
+            if record is not None and sequence is not None:
+                head += (
+                    b',"record":{"key":',
+                    orjson.dumps(record),
+                    b',"sequence":',
+                    str(sequence).encode("ascii"),
+                    b"}",
+                )
             head.append(b"}")
             return b"".join(head)
-    return render_event_general(event_id, event_type, created_at, data_json, previous_json)
+    return render_event_general(
+        event_id, event_type, created_at, data_json, previous_json, record=record, sequence=sequence
+    )
 
 
 def render_event_general(
@@ -102,6 +118,9 @@ def render_event_general(
     created_at: datetime,
     data_json: str,
     previous_json: str | None,
+    *,
+    record: str | None = None,
+    sequence: int | None = None,
 ) -> bytes:
     """render_event without its shortcut: every number and key through JavaScript's rules."""
     parts = [
@@ -117,6 +136,8 @@ def render_event_general(
     if previous_json is not None:
         parts.append(',"previous_attributes":')
         _write(parse(previous_json), parts)
+    if record is not None and sequence is not None:
+        parts += (',"record":{"key":', _encode_string(record), ',"sequence":', str(sequence), "}")
     parts.append("}")
     text = "".join(parts)
     try:

@@ -14,6 +14,7 @@ SCENARIOS = (
     "fanout",
     "accounts",
     "deliver",
+    "ordering",
     "peer",
     "latency",
     "backlog",

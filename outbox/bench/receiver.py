@@ -1,4 +1,5 @@
-"""A fast loopback HTTP receiver in its own process: answers 200 (or never) and counts arrivals.
+"""A fast loopback HTTP receiver in its own process: answers 200 (or never, or 500 to the events
+it is told to fail) and counts arrivals.
 
 It speaks just enough HTTP/1.1 for keep-alive POSTs with a Content-Length, on a raw asyncio
 protocol (uvloop when installed), so it costs the machine a few microseconds per request and the
@@ -22,6 +23,7 @@ from outbox.bench.procs import cpu_seconds
 from outbox.errors import OutboxError
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+FAILURE = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nfail"
 _LENGTH = b"\r\ncontent-length:"
 _EVENT_ID = b"\r\nx-stover-event-id:"
 
@@ -57,6 +59,8 @@ class _State:
     recording: bool = False
     records: list[tuple[str, float]] = field(default_factory=list)
     hung: set[asyncio.Transport] = field(default_factory=set)
+    failing: set[bytes] = field(default_factory=set)  # event ids answered 500, not counted
+    failed: int = 0
 
 
 def _header(head: bytes, name: bytes) -> bytes | None:
@@ -106,6 +110,11 @@ class _Http(asyncio.Protocol):
     def _arrived(self, head: bytes) -> None:
         now = time.time()
         state = self.state
+        if state.failing and _header(head, _EVENT_ID) in state.failing:
+            state.failed += 1
+            if self.transport is not None:
+                self.transport.write(FAILURE)
+            return
         window = state.windows[self.port]
         if not window.count:
             window.first = now
@@ -131,6 +140,9 @@ def _answer(state: _State, message: tuple[Any, ...]) -> Any:
     if command == "records":
         records, state.records = state.records, []
         return records
+    if command == "fail":
+        state.failing.update(event_id.encode() for event_id in message[1])
+        return state.failed
     if command == "drop_hung":
         hung = list(state.hung)
         for transport in hung:
@@ -263,6 +275,14 @@ class Receiver:
         """The records kept since the last call."""
         records: list[tuple[str, float]] = self._ask("records")
         return records
+
+    def fail(self, event_ids: Sequence[str]) -> None:
+        """Answer 500 to these events' requests from now on, counting them apart (`failed`)."""
+        self._ask("fail", list(event_ids))
+
+    def failed(self) -> int:
+        """Requests answered 500 because their event was to fail."""
+        return int(self._ask("fail", []))
 
     def drop_hung(self) -> int:
         """Close every connection held open on a never-answering port."""

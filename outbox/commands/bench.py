@@ -41,8 +41,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "scenario",
         choices=[*bench.SCENARIOS, "all"],
-        help="capture, fanout, accounts, deliver, peer, latency, backlog, isolation, soak, "
-        "or all of them",
+        help="capture, fanout, accounts, deliver, ordering, peer, latency, backlog, isolation, "
+        "soak, or all of them",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per scenario on stdout"

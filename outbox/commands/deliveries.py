@@ -250,12 +250,10 @@ def _delivery_text(d: admin.Delivery, attempts: list[admin.Attempt]) -> str:
             ("status", d.status),
             ("event", f"{d.event_id} {d.event_type} at {render.timestamp(d.event_created_at)}"),
             ("endpoint", d.endpoint_id),
+            ("record", _record_text(d)),
             ("attempts", f"{d.attempts}{restarted}"),
             ("created at", render.timestamp(d.created_at)),
-            (
-                "next attempt",
-                render.timestamp(d.next_attempt_at if d.status == "pending" else None),
-            ),
+            ("next attempt", _next_attempt_text(d)),
             ("last attempt", render.timestamp(d.last_attempt_at)),
             ("last result", _last_result(d.last_status_code, d.last_error)),
             ("delivered at", render.timestamp(d.delivered_at)),
@@ -264,6 +262,23 @@ def _delivery_text(d: admin.Delivery, attempts: list[admin.Attempt]) -> str:
     if not attempts:
         return f"{head}\n\nno attempts yet"
     return "\n\n".join([head, *(_attempt_text(a) for a in attempts)])
+
+
+def _record_text(d: admin.Delivery) -> str:
+    if d.record is None:
+        return render.NONE
+    text = f"{render.clean(d.record)} #{d.sequence}"
+    return f"{text}, delivered in the record's order" if d.ordered else text
+
+
+def _next_attempt_text(d: admin.Delivery) -> str:
+    if d.status != "pending":
+        return render.NONE
+    if d.next_attempt_at is None and d.ordered:
+        if d.waiting_for is None:
+            return "waiting for the delivery ahead of it in its record's order"
+        return f"waiting for delivery {d.waiting_for} of the same record"
+    return render.timestamp(d.next_attempt_at)
 
 
 def _attempt_text(a: admin.Attempt) -> str:

@@ -155,13 +155,19 @@ def _register_create(actions: Any) -> None:
         help="the operator's feed: every account's events (not with --account)",
     )
     options.add_options(create, default_rate=None)
+    create.add_argument(
+        "--ordered",
+        action="store_true",
+        help="deliver each record's events one at a time, in the record's order; a delivery "
+        "waiting to be retried holds back only its own record's later ones",
+    )
     _json_flag(create)
 
 
 def _register_update(actions: Any) -> None:
     update = actions.add_parser(
         "update",
-        help="change an endpoint's URL, event types, description, headers or rate limit",
+        help="change an endpoint's URL, event types, description, headers, rate limit or ordering",
         description="Change an endpoint in place: its id, secret and delivery history stay. A "
         "new URL is where the next attempt of every pending delivery goes; new event types "
         "apply to events fanned out from now on. Nothing changes if any value is refused.",
@@ -185,6 +191,22 @@ def _register_update(actions: Any) -> None:
         type=argument(options.header_name),
         default=[],
         help="stop sending this custom header; repeat for more",
+    )
+    order = update.add_mutually_exclusive_group()
+    order.add_argument(
+        "--ordered",
+        dest="ordered",
+        action="store_const",
+        const=True,
+        help="deliver each record's events one at a time, in the record's order, from the "
+        "events fanned out next",
+    )
+    order.add_argument(
+        "--unordered",
+        dest="ordered",
+        action="store_const",
+        const=False,
+        help="stop ordering per record (deliveries already held still wait their turn)",
     )
     _json_flag(update)
 
@@ -327,6 +349,7 @@ def _create(args: argparse.Namespace, settings: Settings) -> int:
             max_per_account=settings.max_endpoints_per_account,
             headers=headers,
             rate_limit=args.rate_limit,
+            ordered=args.ordered,
         )
     if args.json:
         render.emit_json({"id": endpoint_id, "secret": secret})
@@ -436,6 +459,7 @@ def _document(endpoint: admin.EndpointDetail, secret: str) -> dict[str, object]:
         "description": endpoint.description,
         "account_id": endpoint.account_id,
         "all_accounts": endpoint.all_accounts,
+        "ordered": endpoint.ordered,
         "secret": secret,
         "overlap_until": endpoint.previous_secret_until,
         "header_names": endpoint.header_names,
@@ -472,6 +496,7 @@ def _description(endpoint: admin.EndpointDetail, secret: str) -> str:
             ("breaker", _breaker_text(endpoint)),
             ("failing", _failing_text(endpoint)),
             ("event types", ", ".join(endpoint.event_types)),
+            ("ordered", "per record" if endpoint.ordered else "no"),
             ("description", endpoint.description or render.NONE),
             ("headers", ", ".join(endpoint.header_names) or render.NONE),
             ("rate limit", _rate_text(endpoint.rate_limit)),
@@ -496,11 +521,11 @@ def _update(args: argparse.Namespace, settings: Settings) -> int:
         rate_given
         or set_headers
         or args.remove_headers
-        or any(v is not None for v in (args.url, args.events, args.description))
+        or any(v is not None for v in (args.url, args.events, args.description, args.ordered))
     ):
         raise ConfigError(
             "nothing to change: give --url, --events, --description, --header, "
-            "--remove-header or --rate-limit"
+            "--remove-header, --rate-limit, --ordered or --unordered"
         )
     changes = admin.EndpointChanges(
         url=args.url,
@@ -510,6 +535,7 @@ def _update(args: argparse.Namespace, settings: Settings) -> int:
         remove_headers=args.remove_headers,
         rate_limit=args.rate_limit if rate_given else None,
         rate_limit_given=rate_given,
+        ordered=args.ordered,
     )
     with admin.session(_url(settings)) as conn:
         if args.events is not None:

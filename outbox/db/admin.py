@@ -75,6 +75,7 @@ class EndpointDetail:
     rate_limit: int | None
     previous_secret: str | None = field(repr=False)  # while a rotation's overlap lasts
     previous_secret_until: datetime | None
+    ordered: bool = False  # one attempt at a time per record, in the record's order
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,10 @@ class Delivery:
     last_error: str | None
     delivered_at: datetime | None
     created_at: datetime
+    record: str | None = None  # the record its event is about
+    sequence: int | None = None  # the event's place among the record's events
+    ordered: bool = False  # written for an ordered endpoint
+    waiting_for: int | None = None  # held: the delivery of the same record it waits for
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,7 @@ def create_endpoint(
     max_per_account: int | None = None,
     headers: Mapping[str, str] | None = None,
     rate_limit: int | None = None,
+    ordered: bool = False,
 ) -> str:
     """Insert an endpoint; returns its id. An account holding `max_per_account` endpoints
     already gets no more (OutboxError)."""
@@ -200,6 +206,7 @@ def create_endpoint(
         "secret": secret,
         "account_id": account_id,
         "all_accounts": all_accounts,
+        "ordered": ordered,
     }
     with conn.transaction():
         if account_id is not None and max_per_account is not None:
@@ -215,6 +222,18 @@ def create_endpoint(
     if row is None:
         raise OutboxError("the database returned no id for the new endpoint")
     return str(row[0])
+
+
+def set_endpoint_ordered(conn: Connection, endpoint_id: str, *, ordered: bool) -> bool:
+    """Switch an endpoint's ordering per record for the deliveries written from now on; False
+    when there is no such endpoint."""
+    params = {"endpoint_id": endpoint_id, "ordered": ordered}
+    return conn.execute(_sql("endpoint_ordered_set"), params).fetchone() is not None
+
+
+def _hold_ordered(conn: Connection, delivery_ids: list[int]) -> None:
+    """Requeued deliveries of ordered endpoints wait their record's turn (same transaction)."""
+    conn.execute(_sql("deliveries_hold_ordered"), {"delivery_ids": delivery_ids})
 
 
 def list_endpoints(conn: Connection, *, account_id: str | None = None) -> list[EndpointSummary]:
@@ -239,6 +258,7 @@ class EndpointChanges:
     remove_headers: Sequence[str] = ()
     rate_limit: int | None = None
     rate_limit_given: bool = False
+    ordered: bool | None = None  # per-record order for the deliveries written from then on
 
 
 def update_endpoint(conn: Connection, endpoint_id: str, changes: EndpointChanges) -> bool:
@@ -272,6 +292,7 @@ def update_endpoint(conn: Connection, endpoint_id: str, changes: EndpointChanges
                 "headers": headers,
                 "rate_limit": changes.rate_limit,
                 "rate_limit_given": changes.rate_limit_given,
+                "ordered": changes.ordered,
             },
         )
     return True
@@ -364,6 +385,7 @@ def redeliver(conn: Connection, delivery_ids: Sequence[int]) -> Redelivery:
             raise OutboxError(f"no delivery with id {listed}")
         rows = conn.execute(_sql("deliveries_requeue"), {"delivery_ids": ids}).fetchall()
         if rows:
+            _hold_ordered(conn, [r[0] for r in rows])
             conn.execute(_sql("relays_wake"))
     pending = [i for i, status in found.items() if status == "pending"]
     return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=sorted(pending))
@@ -377,6 +399,7 @@ def redeliver_failed(
     with conn.transaction():
         rows = conn.execute(_sql("deliveries_failed_requeue"), params).fetchall()
         if rows:
+            _hold_ordered(conn, [r[0] for r in rows])
             conn.execute(_sql("relays_wake"))
     return Redelivery(requeued=sorted(r[0] for r in rows), already_pending=[])
 
@@ -398,7 +421,7 @@ def replay(
         lock = conn.execute(_sql("endpoint_share_lock"), {"endpoint_id": endpoint_id}).fetchone()
         if lock is None:
             return None
-        subscribed, enabled, owner, all_accounts = lock
+        subscribed, enabled, owner, all_accounts, ordered = lock
         if account_id is not None and owner != account_id:
             whose = "it has no account" if owner is None else f"it is account {owner}'s"
             raise OutboxError(f"endpoint {endpoint_id} is not account {account_id}'s ({whose})")
@@ -410,9 +433,10 @@ def replay(
             "until": until,
             "subscribed": subscribed,
             "types": None if types is None else list(types),
+            "ordered": ordered,
         }
         row = conn.execute(_sql("endpoint_replay"), params).fetchone()
-        requeued, created, already_pending = (int(v) for v in row) if row else (0, 0, 0)
+        requeued, created, already_pending = (int(v) for v in row[:3]) if row else (0, 0, 0)
         if requeued or created:
             conn.execute(_sql("relays_wake"))
     return Replay(requeued, created, already_pending, endpoint_enabled=bool(enabled))

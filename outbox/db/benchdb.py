@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -138,6 +139,26 @@ class BenchDb:
         if fan_out:
             self.fan_out()
             self.wake()
+
+    def insert_record_events(
+        self, records: int, updates: int, *, first: int, before_commit: Callable[[list[str]], None]
+    ) -> None:
+        """Commit `records` deals (ids from `first`) each updated `updates` times in turn, in one
+        transaction; `before_commit` gets the ids of the first deal's events while it is still
+        open. Then fan them out and wake idle relays."""
+        params = {"records": records, "updates": updates, "first": first}
+        with self.conn.transaction():
+            ids = self._value("bench_record_events_insert", params)
+            before_commit([str(i) for i in ids])
+        self.fan_out()
+        self.wake()
+
+    def set_ordered(self, endpoint_id: str, *, ordered: bool) -> None:
+        self.conn.execute(Q["bench_endpoint_ordered"], {"id": endpoint_id, "ordered": ordered})
+
+    def pending_apart(self, records: Sequence[str]) -> int:
+        """Pending deliveries other than those of `records`."""
+        return int(self._value("bench_pending_apart", {"records": list(records)}))
 
     def insert_large_events(self, count: int, size: int) -> None:
         """Commit `count` events of about `size` bytes each in one transaction, fan them out and

@@ -53,6 +53,8 @@ class Claimed:
     # it, the claim's now() in Unix seconds].
     slot: list[float] | None = None
     account_id: str | None = None  # its endpoint's account
+    record: str | None = None  # the record the event is about ('deals:42'), when it names one
+    sequence: int | None = None  # the event's place among its record's events, from 1
     start_at: float = 0.0  # rate-limited only: the time.monotonic() its attempt may start
     give_up_at: float = 0.0  # rate-limited only: a start later than this would crowd the next
 

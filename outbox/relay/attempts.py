@@ -265,7 +265,13 @@ class Attempts:
                     " (two to four lowercase words joined by dots, at most 256 characters)"
                 )
             body = payload.render_event(
-                c.event_id, c.event_type, c.event_created_at, c.data_json, c.previous_json
+                c.event_id,
+                c.event_type,
+                c.event_created_at,
+                c.data_json,
+                c.previous_json,
+                record=c.record,
+                sequence=c.sequence,
             )
             if (
                 len(self._bodies) >= BODIES_KEPT

@@ -6,10 +6,17 @@ select name from outbox.event_types order by name;
 
 -- name: endpoint_insert
 insert into outbox.endpoints (url, event_types, description, enabled, secret, account_id,
-                              all_accounts, headers, rate_limit)
+                              all_accounts, headers, rate_limit, ordered)
 values (%(url)s::text, %(event_types)s::text[], %(description)s::text, %(enabled)s::boolean,
         %(secret)s::text, %(account_id)s::text, %(all_accounts)s::boolean, %(headers)s::jsonb,
-        %(rate_limit)s::integer)
+        %(rate_limit)s::integer, %(ordered)s::boolean)
+returning id;
+
+-- name: endpoint_ordered_set
+-- Ordering applies to the deliveries fan-out writes from now on; those already pending keep the
+-- way they were written (a held one is still released when the one ahead of it ends).
+update outbox.endpoints set ordered = %(ordered)s::boolean
+where id = %(endpoint_id)s::text
 returning id;
 
 -- name: account_endpoints_lock
@@ -46,7 +53,8 @@ select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.created_at,
        array(select jsonb_object_keys(ep.headers) order by 1) as header_names, ep.rate_limit,
        case when ep.previous_secret_until > now() then ep.previous_secret end as previous_secret,
        case when ep.previous_secret_until > now() then ep.previous_secret_until end
-           as previous_secret_until
+           as previous_secret_until,
+       ep.ordered
 from outbox.endpoints ep
 cross join lateral (
     select count(*) filter (where d.status = 'pending') as pending,
@@ -70,7 +78,9 @@ set url = coalesce(%(url)s::text, ep.url),
     description = coalesce(%(description)s::text, ep.description),
     headers = coalesce(%(headers)s::jsonb, ep.headers),
     rate_limit = case when %(rate_limit_given)s::boolean then %(rate_limit)s::integer
-                      else ep.rate_limit end
+                      else ep.rate_limit end,
+    -- Ordering applies to the deliveries fan-out writes from then on (endpoint_ordered_set).
+    ordered = coalesce(%(ordered)s::boolean, ep.ordered)
 where ep.id = %(endpoint_id)s::text;
 
 -- name: endpoint_headers
@@ -122,9 +132,23 @@ order by d.id desc
 limit %(limit)s::integer;
 
 -- name: delivery_get
+-- A held delivery (ordered, pending, no due time) waits for the one of its record that is under
+-- way or waiting on the retry ladder, else for the held one with the lowest number.
 select d.id, d.status, d.attempts, d.ladder_start, d.event_id, e.type as event_type,
        e.created_at as event_created_at, d.endpoint_id, d.account_id, d.next_attempt_at,
-       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at
+       d.last_attempt_at, d.last_status_code, d.last_error, d.delivered_at, d.created_at,
+       d.record, d.sequence, d.ordered,
+       case when d.ordered and d.status = 'pending' and d.next_attempt_at is null then (
+           select a.id
+           from outbox.deliveries a
+           where a.endpoint_id = d.endpoint_id
+             and a.record = d.record
+             and a.status = 'pending'
+             and a.ordered
+             and a.id <> d.id
+           order by a.next_attempt_at is null, a.sequence
+           limit 1)
+       end as waiting_for
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
 where d.id = %(delivery_id)s::bigint;
@@ -163,13 +187,17 @@ where status = 'failed'
        or coalesce(last_attempt_at, created_at) >= %(since)s::timestamptz)
 returning id;
 
+-- name: deliveries_hold_ordered
+-- Requeued deliveries of ordered endpoints wait for the one of their record under way, if any.
+select outbox.hold_ordered(%(delivery_ids)s::bigint[]);
+
 -- name: relays_wake
 select outbox.wake_relays();
 
 -- name: endpoint_share_lock
 -- Serialises replays of one endpoint (NO KEY UPDATE conflicts with itself) without blocking
 -- writers, whose new deliveries only take KEY SHARE on the endpoint.
-select event_types, enabled, account_id, all_accounts from outbox.endpoints
+select event_types, enabled, account_id, all_accounts, ordered from outbox.endpoints
 where id = %(endpoint_id)s::text
 for no key update;
 
@@ -213,13 +241,25 @@ requeued as (
     returning d.id
 ),
 created as (
-    insert into outbox.deliveries (event_id, endpoint_id, account_id)
-    select m.id, %(endpoint_id)s::text, %(account_id)s::text
+    -- with the record and number fan-out gave the event
+    insert into outbox.deliveries (event_id, endpoint_id, account_id, record, sequence, ordered)
+    select m.id, %(endpoint_id)s::text, %(account_id)s::text, r.record, r.sequence,
+           %(ordered)s::boolean and r.record is not null
     from matching m
+    left join outbox.event_records r on r.event_id = m.id
     where not exists (select 1 from existing x where x.event_id = m.id)
     on conflict (event_id, endpoint_id) do nothing
     returning id
+),
+-- An ordered endpoint's take their turns (outbox.hold_ordered sees what this statement wrote).
+held as (
+    select case when %(ordered)s::boolean
+                then outbox.hold_ordered(array(select id from requeued
+                                               union all
+                                               select id from created))
+           end as held
 )
 select (select count(*) from requeued) as requeued,
        (select count(*) from created) as created,
-       (select count(*) from existing where status = 'pending') as already_pending;
+       (select count(*) from existing where status = 'pending') as already_pending,
+       (select held from held) as held;

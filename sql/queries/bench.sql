@@ -259,3 +259,29 @@ from generate_series(1, 100) g;
 
 -- name: bench_outbox_reset
 truncate outbox.attempts, outbox.deliveries, outbox.events;
+
+-- name: bench_record_events_insert
+-- %(records)s records, deals %(first)s onwards, each updated %(updates)s times in turn (every
+-- record once, then every record again, ...): deal.updated events in one statement, numbered per
+-- record at fan-out. Returns the ids of the first record's events, oldest first.
+with written as (
+    insert into outbox.events (type, data)
+    select 'deal.updated',
+           jsonb_build_object('id', %(first)s::bigint + r, 'name', 'Deal ' || r,
+                              'stage', 'qualified', 'amount', 1000.5, 'update', u)
+    from generate_series(1, %(updates)s::integer) u
+    cross join generate_series(0, %(records)s::integer - 1) r
+    order by u, r
+    returning id, data
+)
+select coalesce(array_agg(w.id order by w.id), '{}')
+from written w
+where (w.data ->> 'id')::bigint = %(first)s::bigint;
+
+-- name: bench_endpoint_ordered
+update outbox.endpoints set ordered = %(ordered)s::boolean where id = %(id)s::text;
+
+-- name: bench_pending_apart
+-- Pending deliveries other than those of the records named (the ones failing on purpose).
+select count(*) from outbox.deliveries
+where status = 'pending' and record <> all (%(records)s::text[]);

@@ -93,7 +93,8 @@ claimed as (
     set next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
     from async_commit
     where d.id = any (array(select id from due))
-    returning d.id, d.attempts, d.ladder_start, d.next_attempt_at, d.event_id, d.endpoint_id
+    returning d.id, d.attempts, d.ladder_start, d.next_attempt_at, d.event_id, d.endpoint_id,
+              d.record, d.sequence
 )
 select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
        e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
@@ -116,7 +117,7 @@ select c.id, c.attempts, c.ladder_start, c.next_attempt_at,
                  and due.rate is not null
            ) s
        ) end as slot,
-       ep.account_id
+       ep.account_id, c.record, c.sequence
 from claimed c
 cross join lateral (
     select e.id, e.type, e.created_at, e.data, e.previous_attributes
@@ -278,6 +279,9 @@ from (select from outbox.endpoints ep where ep.enabled limit 101) enabled;
 -- relay after this one's lease ran out; its outcome is dropped, so the owner's record stands.
 -- %(outcomes)s is a JSON array of objects named as the columns below (one JSON text measured far
 -- cheaper to send than ten arrays).
+--
+-- An ordered delivery that ends (delivered or failed) lets the next one of its record go
+-- (outbox.release_next, migration 0014); a batch without one does not call it.
 with outcome as (
     select o.delivery_id as id, o.lease, o.attempt, o.status, o.delay, o.started_at,
            o.duration_ms, o.status_code, o.error, o.response_body
@@ -301,13 +305,21 @@ recorded as (
     where d.id = o.id
       and d.status = 'pending'
       and d.next_attempt_at = o.lease
-    returning d.id
+    returning d.id, d.endpoint_id, d.record, d.ordered, d.status
+),
+released as (
+    select case when count(*) > 0
+                then outbox.release_next(array_agg(r.endpoint_id), array_agg(r.record))
+           end as released
+    from recorded r
+    where r.ordered and r.status <> 'pending'
 )
 insert into outbox.attempts
     (delivery_id, attempt, started_at, duration_ms, status_code, error, response_body)
 select o.id, o.attempt, o.started_at, o.duration_ms, o.status_code, o.error, o.response_body
 from outcome o
 join recorded r on r.id = o.id
+cross join released
 on conflict (delivery_id, attempt) do nothing;
 
 -- name: endpoints_judge

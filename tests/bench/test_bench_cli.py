@@ -41,6 +41,7 @@ TARGETS = {
         "relay_cpu_us_per_delivery",
         "cpu_ratio_to_aiohttp",
     },
+    "ordering": {"ordered_vs_unordered", "one_failing_vs_none"},
     "peer": {"ratio_to_pgqueuer"},
     "latency": {"p50_ms", "p99_ms"},
     "backlog": {"ratio_big_to_small", "relay_peak_rss_mb", "relay_peak_rss_mb_1mb_events"},
@@ -105,6 +106,10 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
             assert report["figures"][f"{case}_ratio_no_account"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
+    if scenario == "ordering":  # each failing record's first delivery failed; the rest wait
+        figures = report["figures"]
+        assert figures["failing_attempts"] >= figures["rounds"]
+        assert figures["failing_records_held"] == figures["rounds"] * figures["updates_per_record"]
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs
         assert report["targets"]["dead_tuples_growth"]["value"] is None
         assert any("dead-tuple growth not judged" in note for note in report["notes"])

@@ -141,3 +141,30 @@ def test_bad_update_is_one_line_and_changes_nothing(conn: Conn, cli_env: dict[st
     assert (run.code, len(run.problems)) == (1, 1)
     assert "no endpoint with id 'ep_missing'" in run.problems[0]
     assert row(conn, endpoint_id) == before
+
+
+def test_update_switches_ordering_per_record_on_and_off(
+    conn: Conn, cli_env: dict[str, str]
+) -> None:
+    endpoint_id, _ = add_endpoint(conn, "https://a.example/hooks", ["deal.*"])
+
+    def ordered() -> bool:
+        found = conn.execute(
+            "select ordered from outbox.endpoints where id = %s", [endpoint_id]
+        ).fetchone()
+        assert found is not None
+        return bool(found[0])
+
+    run = outbox(cli_env, "endpoints", "update", endpoint_id, "--ordered", "--json")
+    assert run.code == 0, run.err
+    assert json.loads(run.out)["ordered"] is True
+    assert ordered()
+    run = outbox(cli_env, "endpoints", "update", endpoint_id, "--url", "https://b.example/x")
+    assert run.code == 0, run.err
+    assert ordered()  # not given: kept
+    run = outbox(cli_env, "endpoints", "update", endpoint_id, "--ordered", "--unordered")
+    assert (run.code, len(run.problems)) == (2, 1), run.err
+    assert ordered()
+    run = outbox(cli_env, "endpoints", "update", endpoint_id, "--unordered")
+    assert run.code == 0, run.err
+    assert not ordered()

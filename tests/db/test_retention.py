@@ -136,6 +136,7 @@ def test_a_prune_meeting_an_uncommitted_replay_leaves_no_delivery_without_its_ev
                 "types": None,
                 "account_id": None,
                 "all_accounts": False,
+                "ordered": False,
             },
         )
 

@@ -111,6 +111,8 @@ def fresh_render(event: dict[str, Any]) -> bytes | None:
                     event["created_at"],
                     event["data"],
                     event["previous"],
+                    record=event.get("record"),
+                    sequence=event.get("sequence"),
                 )
             )
         except RecursionError:
@@ -170,7 +172,7 @@ def ending(h: Harness, event_id: str, endpoint: Endpoint, path: str) -> str:
         cur.execute(
             "select e.id, e.type, e.created_at, e.data::text as data,"
             " e.previous_attributes::text as previous,"
-            " d.status, d.attempts, d.last_error"
+            " d.status, d.attempts, d.last_error, d.record, d.sequence"
             " from outbox.events e join outbox.deliveries d on d.event_id = e.id"
             " where e.id = %s and d.endpoint_id = %s",
             [event_id, endpoint.id],

@@ -156,6 +156,27 @@ def test_render_event_adds_previous_attributes_for_an_update() -> None:
     )
 
 
+def test_render_event_ends_with_the_record_and_its_place_when_the_event_names_one() -> None:
+    body = render_event(
+        "evt_2", "deal.updated", CREATED, '{"amount": 1000}', '{"amount": 999}',
+        record="deals:42", sequence=7,
+    )  # fmt: skip
+    assert body == (
+        b'{"id":"evt_2","type":"deal.updated","created_at":"2024-01-15T10:30:00Z",'
+        b'"data":{"amount":1000},"previous_attributes":{"amount":999},'
+        b'"record":{"key":"deals:42","sequence":7}}'
+    )
+    # The general path (numbers through JavaScript's rules) writes the same field.
+    general = render_event(
+        "evt_2", "deal.updated", CREATED, '{"amount": 1000.50}', None,
+        record='invoices:"7"', sequence=1,
+    )  # fmt: skip
+    assert general.endswith(
+        b'"data":{"amount":1000.5},"record":{"key":"invoices:\\"7\\"","sequence":1}}'
+    )
+    assert json.loads(general)["record"] == {"key": 'invoices:"7"', "sequence": 1}
+
+
 def test_render_event_keeps_an_empty_previous_attributes_object() -> None:
     body = render_event("evt_3", "post.published", CREATED, "{}", "{}")
     assert body.endswith(b'"data":{},"previous_attributes":{}}')

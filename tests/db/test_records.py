@@ -1,0 +1,273 @@
+"""Events name their record and their place in its history, numbered at fan-out in the order the
+record's writes committed; an ordered endpoint gets one due delivery per record at a time, and
+ending it (delivered or failed) makes the next one due."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox.db import admin
+from outbox.db.store import Q, Result, _outcomes_json
+
+from .rows import fan_out
+
+Conn = psycopg.Connection[Any]
+
+
+def scalar(conn: Conn, query: str, params: list[Any] | None = None) -> int:
+    row = conn.execute(query, params or []).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def numbered(conn: Conn) -> list[tuple[str, str, int]]:
+    """(event type, record, sequence) of every numbered event, in record then sequence order."""
+    rows = conn.execute(
+        "select e.type, r.record, r.sequence from outbox.event_records r"
+        " join outbox.events e on e.id = r.event_id order by r.record, r.sequence"
+    ).fetchall()
+    return [(str(t), str(k), int(s)) for t, k, s in rows]
+
+
+def add_deal(conn: Conn, name: str = "Acme") -> int:
+    row = conn.execute(
+        "insert into stover.deals (name, amount, currency, stage) values (%s, 100, 'EUR', 'lead')"
+        " returning id",
+        [name],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_endpoint(conn: Conn, *, ordered: bool) -> str:
+    row = conn.execute(
+        "insert into outbox.endpoints (url, event_types, ordered)"
+        " values ('http://127.0.0.1:9/hook', '{*}', %s) returning id",
+        [ordered],
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def due_by_record(conn: Conn, endpoint: str) -> dict[str, list[tuple[int, bool]]]:
+    """Per record, its pending deliveries to `endpoint` as (sequence, due) in sequence order."""
+    rows = conn.execute(
+        "select record, sequence, next_attempt_at is not null from outbox.deliveries"
+        " where endpoint_id = %s and status = 'pending' and record is not null"
+        " order by record, sequence",
+        [endpoint],
+    ).fetchall()
+    found: dict[str, list[tuple[int, bool]]] = {}
+    for record, sequence, due in rows:
+        found.setdefault(str(record), []).append((int(sequence), bool(due)))
+    return found
+
+
+def finish(conn: Conn, delivery_id: int, status: str) -> None:
+    """Record an outcome for `delivery_id` as a relay does: claim it under a lease, then run
+    deliveries_complete with `status` (pending: retried in a minute)."""
+    row = conn.execute(
+        "update outbox.deliveries set next_attempt_at = now() + interval '45 seconds'"
+        " where id = %s returning next_attempt_at",
+        [delivery_id],
+    ).fetchone()
+    assert row is not None
+    now = datetime.now(UTC)
+    result = Result(
+        delivery_id, row[0], 1, status, 60.0, now, 5.0, 500 if status != "delivered" else 200,
+        None, None,
+    )  # fmt: skip
+    conn.execute(Q["deliveries_complete"], {"outcomes": _outcomes_json([result])})
+
+
+def delivery_of(conn: Conn, endpoint: str, record: str, sequence: int) -> int:
+    row = conn.execute(
+        "select id from outbox.deliveries where endpoint_id = %s and record = %s and sequence = %s",
+        [endpoint, record, sequence],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_records_events_are_numbered_from_one_in_the_order_they_happened(conn: Conn) -> None:
+    deal = add_deal(conn)
+    for stage in ("qualified", "proposal", "closed_won"):
+        conn.execute("update stover.deals set stage = %s where id = %s", [stage, deal])
+    other = add_deal(conn, "Other")
+    fan_out(conn)
+    key = f"deals:{deal}"
+    assert [(t, s) for t, k, s in numbered(conn) if k == key] == [
+        ("deal.created", 1),
+        ("deal.updated", 2),
+        ("deal.stage_changed", 3),
+        ("deal.updated", 4),
+        ("deal.stage_changed", 5),
+        ("deal.updated", 6),
+        ("deal.stage_changed", 7),
+        ("deal.closed_won", 8),
+    ]
+    assert [(t, s) for t, k, s in numbered(conn) if k == f"deals:{other}"] == [("deal.created", 1)]
+    # Every delivery carries its event's record and number.
+    assert scalar(conn, "select count(*) from outbox.deliveries") == 0  # no endpoint yet
+    add_endpoint(conn, ordered=False)
+    conn.execute("update stover.deals set stage = 'lead' where id = %s", [deal])
+    fan_out(conn)
+    rows = conn.execute(
+        "select record, sequence from outbox.deliveries order by sequence"
+    ).fetchall()
+    assert rows == [(key, 9), (key, 10)]
+
+
+def test_numbers_follow_commit_order_when_the_later_writer_has_the_lower_xid(
+    conn: Conn, db_url: str
+) -> None:
+    deal = add_deal(conn)
+    fan_out(conn)
+    with (
+        psycopg.connect(db_url) as first,  # takes its xid first, writes the deal last
+        psycopg.connect(db_url) as second,
+    ):
+        first.execute("insert into stover.companies (name) values ('Earlier xid')")
+        second.execute("update stover.deals set stage = 'qualified' where id = %s", [deal])
+        second.commit()
+        first.execute("update stover.deals set stage = 'proposal' where id = %s", [deal])
+        first.commit()
+    # Both transactions in one fan-out step: their xids say first, their commits say second.
+    fan_out(conn)
+    rows = conn.execute(
+        "select e.data ->> 'stage', r.sequence, e.xid::text::bigint from outbox.event_records r"
+        " join outbox.events e on e.id = r.event_id"
+        " where r.record = %s and e.type = 'deal.stage_changed' order by r.sequence",
+        [f"deals:{deal}"],
+    ).fetchall()
+    assert [(stage, sequence) for stage, sequence, _ in rows] == [("qualified", 3), ("proposal", 5)]
+    assert rows[0][2] > rows[1][2]
+
+
+def test_emit_names_the_record_it_is_given_and_refuses_a_bad_key(conn: Conn) -> None:
+    conn.execute("select outbox.emit('invoice.paid', '{\"n\": 1}', key => 'invoices:7')")
+    conn.execute("select outbox.emit('invoice.paid', '{\"n\": 2}', null, 'invoices:7')")
+    conn.execute("select outbox.emit('invoice.sent', '{\"n\": 3}')")  # no record
+    # An application event about a reference record joins that record's numbering.
+    deal = add_deal(conn)
+    conn.execute("select outbox.emit('deal.noted', jsonb_build_object('id', %s::bigint))", [deal])
+    fan_out(conn)
+    assert [(t, k, s) for t, k, s in numbered(conn)] == [
+        ("deal.created", f"deals:{deal}", 1),
+        ("deal.noted", f"deals:{deal}", 2),
+        ("invoice.paid", "invoices:7", 1),
+        ("invoice.paid", "invoices:7", 2),
+    ]
+    for bad in ("", "x" * 257, "line\nbreak"):
+        with pytest.raises(psycopg.errors.CheckViolation, match="record key"):
+            conn.execute("select outbox.emit('invoice.paid', '{}', key => %s)", [bad])
+
+
+def test_an_attached_tables_events_name_its_rows(conn: Conn) -> None:
+    conn.execute("create table public.widgets (sku text primary key, colour text)")
+    conn.execute("select outbox.attach('public.widgets', 'widget')")
+    conn.execute("insert into public.widgets values ('w-1', 'red')")
+    conn.execute("update public.widgets set colour = 'blue' where sku = 'w-1'")
+    conn.execute("delete from public.widgets where sku = 'w-1'")
+    fan_out(conn)
+    assert numbered(conn) == [
+        ("widget.created", "widgets:w-1", 1),
+        ("widget.updated", "widgets:w-1", 2),
+        ("widget.deleted", "widgets:w-1", 3),
+    ]
+
+
+def test_numbers_keep_counting_after_a_records_events_are_pruned(conn: Conn) -> None:
+    deal = add_deal(conn)
+    fan_out(conn)
+    conn.execute("delete from outbox.events")
+    assert numbered(conn) == []
+    conn.execute("update stover.deals set stage = 'qualified' where id = %s", [deal])
+    fan_out(conn)
+    assert [s for _, _, s in numbered(conn)] == [2, 3]
+
+
+def test_an_ordered_endpoint_gets_one_due_delivery_per_record_at_a_time(conn: Conn) -> None:
+    ordered, unordered = add_endpoint(conn, ordered=True), add_endpoint(conn, ordered=False)
+    deals = [add_deal(conn, f"Deal {n}") for n in range(3)]
+    fan_out(conn)
+    for stage in ("qualified", "proposal"):
+        for deal in deals:
+            conn.execute("update stover.deals set stage = %s where id = %s", [stage, deal])
+    fan_out(conn)
+    # deal.created was due alone; each update's two events wait behind it, in order.
+    expected = [(1, True), (2, False), (3, False), (4, False), (5, False)]
+    assert due_by_record(conn, ordered) == {f"deals:{d}": expected for d in deals}
+    assert all(due for rows in due_by_record(conn, unordered).values() for _, due in rows)
+    # A delivery written while an earlier one of its record is pending waits too.
+    conn.execute("update stover.deals set stage = 'lead' where id = %s", [deals[0]])
+    fan_out(conn)
+    assert due_by_record(conn, ordered)[f"deals:{deals[0]}"][-1] == (7, False)
+    # Other events (no record) to the ordered endpoint are due at once.
+    conn.execute("select outbox.emit('app.ping', '{}')")
+    fan_out(conn)
+    assert (
+        scalar(
+            conn,
+            "select count(*) from outbox.deliveries where endpoint_id = %s and record is null"
+            " and next_attempt_at is not null",
+            [ordered],
+        )
+        == 1
+    )
+
+
+def test_ending_an_ordered_delivery_makes_the_next_of_its_record_due(conn: Conn) -> None:
+    endpoint = add_endpoint(conn, ordered=True)
+    deal, other = add_deal(conn), add_deal(conn, "Other")
+    conn.execute("update stover.deals set stage = 'qualified' where id = %s", [deal])
+    fan_out(conn)
+    key = f"deals:{deal}"
+    assert due_by_record(conn, endpoint)[key] == [(1, True), (2, False), (3, False)]
+    # A retry to come holds the record back.
+    finish(conn, delivery_of(conn, endpoint, key, 1), "pending")
+    assert due_by_record(conn, endpoint)[key] == [(1, True), (2, False), (3, False)]
+    # Failed for good: the next one goes.
+    finish(conn, delivery_of(conn, endpoint, key, 1), "failed")
+    assert due_by_record(conn, endpoint)[key] == [(2, True), (3, False)]
+    finish(conn, delivery_of(conn, endpoint, key, 2), "delivered")
+    assert due_by_record(conn, endpoint)[key] == [(3, True)]
+    finish(conn, delivery_of(conn, endpoint, key, 3), "delivered")
+    assert key not in due_by_record(conn, endpoint)
+    # The other record was never held.
+    assert due_by_record(conn, endpoint)[f"deals:{other}"] == [(1, True)]
+    # Once a record has nothing pending, its next delivery is due at once.
+    conn.execute("update stover.deals set stage = 'proposal' where id = %s", [deal])
+    fan_out(conn)
+    assert due_by_record(conn, endpoint)[key] == [(4, True), (5, False)]
+
+
+def test_a_redelivered_or_replayed_delivery_takes_its_turn_on_an_ordered_endpoint(
+    conn: Conn,
+) -> None:
+    endpoint = add_endpoint(conn, ordered=True)
+    deal = add_deal(conn)
+    conn.execute("update stover.deals set stage = 'qualified' where id = %s", [deal])
+    fan_out(conn)
+    key = f"deals:{deal}"
+    first = delivery_of(conn, endpoint, key, 1)
+    finish(conn, first, "delivered")
+    assert due_by_record(conn, endpoint)[key] == [(2, True), (3, False)]
+    # Sent again while #2 is under way: it waits, and goes before #3.
+    admin.redeliver(conn, [first])
+    assert due_by_record(conn, endpoint)[key] == [(1, False), (2, True), (3, False)]
+    finish(conn, delivery_of(conn, endpoint, key, 2), "delivered")
+    assert due_by_record(conn, endpoint)[key] == [(1, True), (3, False)]
+    # A replay to an endpoint that missed the events: numbered as fan-out numbered them, one due.
+    late = add_endpoint(conn, ordered=True)
+    conn.execute(
+        "update outbox.endpoints set created_at = now() - interval '1 day' where id = %s", [late]
+    )
+    done = admin.replay(conn, endpoint_id=late, since=datetime(2000, 1, 1, tzinfo=UTC))
+    assert done is not None
+    assert done.created == 3
+    assert due_by_record(conn, late)[key] == [(1, True), (2, False), (3, False)]
