@@ -22,6 +22,7 @@ COMMANDS = (
     "listen",
     "demo",
     "bench",
+    "dashboard",
 )
 # Verbs registered by a module of another name.
 _VERB_MODULE = {"redeliver": "deliveries", "replay": "deliveries"}

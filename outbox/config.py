@@ -47,6 +47,8 @@ DEFAULT_RETENTION_SCHEDULE = "15 3 * * *"
 DEFAULT_DISABLE_SCHEDULE = "* * * * *"  # the auto-disable sweep: every minute
 BREAKER_AFTER_RANGE = (1, 1_000_000)
 DEFAULT_DISABLE_AFTER = timedelta(days=5)
+# The dashboard's login token: long enough that guessing it over HTTP is hopeless.
+MIN_DASHBOARD_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Settings:
     breaker: Breaker = field(default_factory=Breaker)
     disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
     disable_schedule: str = DEFAULT_DISABLE_SCHEDULE
+    dashboard_token: str | None = field(default=None, repr=False)  # None: no login
 
     @property
     def lease_seconds(self) -> float:
@@ -295,6 +298,20 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
+def parse_dashboard_token(text: str | None) -> str | None:
+    """OUTBOX_DASHBOARD_TOKEN: unset (no login), or at least 16 printable characters. Hidden from
+    every line the program writes from here on."""
+    if text is None:
+        return None
+    if len(text) < MIN_DASHBOARD_TOKEN or not text.isprintable() or text != text.strip():
+        raise ConfigError(
+            f"OUTBOX_DASHBOARD_TOKEN must be at least {MIN_DASHBOARD_TOKEN} printable characters "
+            "without surrounding spaces (try `openssl rand -hex 24`), or unset"
+        )
+    hide(text)
+    return text
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     text = env.get("DATABASE_URL")
     if text is None:
@@ -341,4 +358,5 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "OUTBOX_DISABLE_SCHEDULE",
             env.get("OUTBOX_DISABLE_SCHEDULE", DEFAULT_DISABLE_SCHEDULE),
         ),
+        dashboard_token=parse_dashboard_token(env.get("OUTBOX_DASHBOARD_TOKEN")),
     )

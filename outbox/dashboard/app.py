@@ -1,0 +1,211 @@
+"""The dashboard's aiohttp application: sessions, CSRF, security headers, and serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import jinja2
+import structlog
+from aiohttp import web
+
+from outbox import logs, render
+from outbox.config import Settings
+from outbox.dashboard import access
+from outbox.db import admin
+from outbox.errors import OutboxError, first_line
+
+T = TypeVar("T")
+_log = structlog.get_logger("outbox.dashboard")
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+# No inline script or style anywhere; the chart is inline SVG drawn with classes.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+OPEN_PATHS = ("/login", "/static/")
+CSRF_REFUSED = "the form's CSRF token is missing or wrong: reload the page and send it again"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every handler needs: settings, the database, the session key, the templates."""
+
+    settings: Settings
+    db_url: str
+    key: bytes
+    templates: jinja2.Environment
+
+
+CONTEXT = web.AppKey("context", Context)
+SESSION = "outbox.session"
+
+
+def context(request: web.Request) -> Context:
+    return request.app[CONTEXT]
+
+
+async def db(request: web.Request, work: Callable[[admin.Connection], T]) -> T:
+    """Run `work` on a connection of its own, in a worker thread; database errors come out as
+    one-line OutboxErrors, as the CLI's do."""
+    url = context(request).db_url
+
+    def run() -> T:
+        with admin.session(url) as conn:
+            return work(conn)
+
+    return await asyncio.to_thread(run)
+
+
+def session(request: web.Request) -> access.Session:
+    found: access.Session = request[SESSION]
+    return found
+
+
+def page(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
+    """A rendered page; every page knows the session's CSRF token and the flash note."""
+    ctx = context(request)
+    note = request.query.get("note")
+    signed = note is not None and access.verify(
+        ctx.key, f"note:{note}", request.query.get("sig", "")
+    )
+    values.setdefault("error", None)
+    text = ctx.templates.get_template(template).render(
+        csrf=session(request).csrf(ctx.key),
+        note=note if signed else None,
+        login=ctx.settings.dashboard_token is not None,
+        **values,
+    )
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+def done(request: web.Request, path: str, note: str) -> web.HTTPSeeOther:
+    """A redirect after a successful action, carrying a note the next page shows (signed, so a
+    link cannot make the page say something the dashboard did not)."""
+    sig = access.sign(context(request).key, f"note:{note}")
+    return web.HTTPSeeOther(f"{path}?{urlencode({'note': note, 'sig': sig})}")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if not request.path.startswith("/static/"):
+        # Pages may hold a secret once; no copy of one stays in a cache.
+        response.headers["Cache-Control"] = "no-store"
+    if isinstance(response, web.HTTPException) and response.status >= 300:
+        raise response
+    return response
+
+
+@web.middleware
+async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every visitor has a signed session; with a token, only a logged-in one sees more than
+    the login form. Every POST carries its session's CSRF token."""
+    ctx = context(request)
+    current = access.read_session(ctx.key, request.cookies.get(access.COOKIE))
+    fresh = current is None
+    if current is None:
+        current = access.new_session(authed=ctx.settings.dashboard_token is None)
+    request[SESSION] = current
+    if request.method == "POST":
+        form = await request.post()
+        given = form.get("csrf")
+        if (
+            fresh
+            or not isinstance(given, str)
+            or not access.verify(ctx.key, f"csrf:{current.sid}", given)
+        ):
+            raise web.HTTPForbidden(text=CSRF_REFUSED)
+    if not current.authed and not request.path.startswith(OPEN_PATHS):
+        response: web.StreamResponse = web.HTTPSeeOther("/login")
+    else:
+        response = await handler(request)
+    if fresh:
+        set_cookie(response, ctx.key, current)
+    return response
+
+
+def set_cookie(response: web.StreamResponse, key: bytes, value: access.Session) -> None:
+    response.set_cookie(
+        access.COOKIE,
+        value.cookie(key),
+        max_age=access.SESSION_SECONDS,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+    )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A refused input or action: its one line on a page, status 400, nothing changed."""
+    try:
+        return await handler(request)
+    except OutboxError as exc:
+        return page(request, "error.html", status=400, error=render.clean(str(exc)))
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        _log.exception("dashboard_page_failed", path=request.path)
+        text = f"unexpected {type(exc).__name__}: {first_line(exc)}"
+        return page(request, "error.html", status=500, error=render.clean(text))
+
+
+def make_app(settings: Settings, db_url: str) -> web.Application:
+    from outbox.dashboard import actions, views  # noqa: PLC0415 - they import this module
+
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    templates.filters["ts"] = render.timestamp
+    app = web.Application(middlewares=[security_headers, sessions, errors])
+    key = access.session_key(settings.dashboard_token)
+    app[CONTEXT] = Context(settings, db_url, key, templates)
+    views.routes(app)
+    actions.routes(app)
+    app.router.add_static("/static/", STATIC)
+    return app
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OutboxError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = f"[{host}]" if ":" in host else host
+    logs.notice(f"dashboard: http://{shown}:{bound}/")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
+def serve(settings: Settings, db_url: str, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    asyncio.run(_serve(make_app(settings, db_url), host, port))

@@ -1,0 +1,48 @@
+-- The dashboard's role (NOLOGIN; grant it to the login `outbox dashboard` connects as):
+--
+--   outbox_dashboard  what the dashboard's pages do: read the audit tables, create, switch,
+--                     re-key and delete endpoints, redeliver and replay deliveries. It cannot
+--                     write events or attempts, read the application's tables, claim deliveries
+--                     or change migrations.
+--     create role stover_dashboard login password '…';
+--     grant outbox_dashboard to stover_dashboard;
+--
+-- It is not confined to an account (it is no member of outbox_account): it is the operator's
+-- page, and row-level security's `unconfined` policies (0008) let it see every account's rows.
+-- Deleting an endpoint removes its deliveries and attempts by the foreign keys' cascade, which
+-- runs as the tables' owner, so the role needs no DELETE on them.
+
+do $$
+begin
+    if not exists (select from pg_roles where rolname = 'outbox_dashboard') then
+        create role outbox_dashboard nologin;
+    end if;
+exception when insufficient_privilege then
+    raise notice 'role outbox_dashboard not created: % may not create roles; '
+                 'ask an administrator to create it and run the grants of 0016_dashboard_role.sql',
+                 current_user;
+end
+$$;
+
+do $$
+begin
+    if not exists (select from pg_roles where rolname = 'outbox_dashboard') then
+        return;
+    end if;
+    grant usage on schema outbox to outbox_dashboard;
+    -- The dashboard refuses to start with migrations pending, as the relay does.
+    grant select on outbox.schema_migrations to outbox_dashboard;
+    grant select on outbox.event_types, outbox.events, outbox.deliveries, outbox.attempts
+        to outbox_dashboard;
+    grant select, insert, delete,
+          update (enabled, description, secret, previous_secret, previous_secret_until,
+                  updated_at)
+        on outbox.endpoints to outbox_dashboard;
+    -- Redeliver (requeue) and replay (requeue, or a new delivery of a past event).
+    grant insert (event_id, endpoint_id, account_id),
+          update (status, next_attempt_at, ladder_start, delivered_at)
+        on outbox.deliveries to outbox_dashboard;
+    -- outbox.wake_relays() after a requeue: whether any relay waits for a wake-up.
+    grant select (idle, heartbeat_at) on outbox.relays to outbox_dashboard;
+end
+$$;
