@@ -79,6 +79,8 @@ class Settings:
     disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
     disable_schedule: str = DEFAULT_DISABLE_SCHEDULE
     dashboard_token: str | None = field(default=None, repr=False)  # None: no login
+    portal_frame_ancestors: str | None = None  # CSP sources that may frame a portal link's page
+    portal_database_url: str | None = None  # a login granted outbox_account, for portal pages
 
     @property
     def lease_seconds(self) -> float:
@@ -312,6 +314,24 @@ def parse_dashboard_token(text: str | None) -> str | None:
     return text
 
 
+_FRAME_SOURCE = re.compile(r"'self'|https?://(?:\*\.)?[A-Za-z0-9.-]+(?::[0-9]{1,5})?")
+
+
+def parse_frame_ancestors(text: str | None) -> str | None:
+    """OUTBOX_PORTAL_FRAME_ANCESTORS: the pages that may frame a portal link's pages, as CSP
+    sources separated by spaces ('self', https://crm.example.com, https://*.example.com)."""
+    if text is None or not text.strip():
+        return None
+    sources = text.split()
+    for source in sources:
+        if not _FRAME_SOURCE.fullmatch(source):
+            raise ConfigError(
+                f"OUTBOX_PORTAL_FRAME_ANCESTORS: {source[:80]!r} is not 'self' or an origin "
+                "such as https://crm.example.com"
+            )
+    return " ".join(sources)
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     text = env.get("DATABASE_URL")
     if text is None:
@@ -359,4 +379,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             env.get("OUTBOX_DISABLE_SCHEDULE", DEFAULT_DISABLE_SCHEDULE),
         ),
         dashboard_token=parse_dashboard_token(env.get("OUTBOX_DASHBOARD_TOKEN")),
+        portal_frame_ancestors=parse_frame_ancestors(env.get("OUTBOX_PORTAL_FRAME_ANCESTORS")),
+        portal_database_url=(
+            parse_database_url(env["OUTBOX_PORTAL_DATABASE_URL"])
+            if env.get("OUTBOX_PORTAL_DATABASE_URL")
+            else None
+        ),
     )

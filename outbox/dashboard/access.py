@@ -67,14 +67,22 @@ def verify(key: bytes, text: str, signature: str) -> bool:
 
 @dataclass(frozen=True)
 class Session:
-    """A visitor's session: a random id, when it was made, whether it logged in."""
+    """A visitor's session: a random id, its lifetime, whether it logged in, and for a portal
+    link's session the one account it may see (and whether it may change anything)."""
 
     sid: str
     issued: int
+    expires: int
     authed: bool
+    account: str | None = None
+    read_only: bool = False
 
     def cookie(self, key: bytes) -> str:
-        text = f"{self.sid}.{self.issued}.{int(self.authed)}"
+        account = "" if self.account is None else _b64(self.account.encode("utf-8"))
+        text = (
+            f"{self.sid}.{self.issued}.{self.expires}.{int(self.authed)}.{account}."
+            f"{int(self.read_only)}"
+        )
         return f"{text}.{sign(key, text)}"
 
     def csrf(self, key: bytes) -> str:
@@ -82,8 +90,17 @@ class Session:
         return sign(key, f"csrf:{self.sid}")
 
 
-def new_session(*, authed: bool) -> Session:
-    return Session(secrets.token_urlsafe(18), int(time.time()), authed)
+def new_session(
+    *,
+    authed: bool,
+    account: str | None = None,
+    read_only: bool = False,
+    issued: int | None = None,
+    expires: int | None = None,
+) -> Session:
+    start = int(time.time()) if issued is None else issued
+    end = start + SESSION_SECONDS if expires is None else expires
+    return Session(secrets.token_urlsafe(18), start, end, authed, account, read_only)
 
 
 def read_session(key: bytes, cookie: str | None, now: float | None = None) -> Session | None:
@@ -91,15 +108,15 @@ def read_session(key: bytes, cookie: str | None, now: float | None = None) -> Se
     if not cookie:
         return None
     parts = cookie.split(".")
-    if len(parts) != 4 or not verify(key, ".".join(parts[:3]), parts[3]):
+    if len(parts) != 7 or not verify(key, ".".join(parts[:6]), parts[6]):
         return None
-    sid, issued, authed = parts[:3]
-    if not issued.isdigit() or authed not in {"0", "1"}:
+    sid, issued, expires, authed, account, read_only = parts[:6]
+    if not (issued.isdigit() and expires.isdigit()):
         return None
-    current = time.time() if now is None else now
-    if not 0 <= current - int(issued) <= SESSION_SECONDS:
+    if (time.time() if now is None else now) >= int(expires):
         return None
-    return Session(sid, int(issued), authed == "1")
+    name = base64.urlsafe_b64decode(account + "=" * (-len(account) % 4)).decode("utf-8")
+    return Session(sid, int(issued), int(expires), authed == "1", name or None, read_only == "1")
 
 
 def token_matches(given: str, token: str) -> bool:

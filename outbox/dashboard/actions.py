@@ -15,7 +15,7 @@ from outbox.commands import deliveries as deliveries_verbs
 from outbox.commands import endpoints as endpoint_verbs
 from outbox.commands.deliveries import parse_delivery_id, parse_timestamp
 from outbox.commands.endpoints import check_description, check_url, parse_types
-from outbox.dashboard.app import context, db, done, page
+from outbox.dashboard.app import context, db, done, page, session
 from outbox.dashboard.views import checked_endpoint_id, render_create, render_endpoint
 from outbox.db import admin
 from outbox.errors import ConfigError, OutboxError
@@ -55,10 +55,15 @@ async def create(request: web.Request) -> web.Response:
         "all_accounts": text(data, "all_accounts") == "on",
     }
     settings = context(request).settings
+    own = session(request).account
     try:
         url = check_url(str(given["url"]).strip())
         description = check_description(str(given["description"]))
         account = check_account(str(given["account"])) if given["account"] else None
+        if own is not None:
+            # A portal link's page makes its own account's endpoints (the database refuses any
+            # other), never the operator's feed.
+            account, given["all_accounts"] = own, False
         chosen = cast(list[str], given["events"])
         if not chosen:
             raise ConfigError("--events: choose at least one event type, a group or everything")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -18,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from outbox import logs, render
 from outbox.config import Settings
 from outbox.dashboard import access
-from outbox.db import admin
+from outbox.db import admin, portal
 from outbox.errors import OutboxError, first_line
 
 T = TypeVar("T")
@@ -31,7 +33,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-OPEN_PATHS = ("/login", "/static/")
+OPEN_PATHS = ("/login", "/static/", "/portal/")
 CSRF_REFUSED = "the form's CSRF token is missing or wrong: reload the page and send it again"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,6 +44,7 @@ class Context:
 
     settings: Settings
     db_url: str
+    portal_url: str  # the connection a portal link's pages use (confined to its account)
     key: bytes
     templates: jinja2.Environment
 
@@ -54,16 +57,37 @@ def context(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-async def db(request: web.Request, work: Callable[[admin.Connection], T]) -> T:
-    """Run `work` on a connection of its own, in a worker thread; database errors come out as
-    one-line OutboxErrors, as the CLI's do."""
-    url = context(request).db_url
+class RevokedError(OutboxError):
+    """The portal link this session was opened with has been revoked."""
 
-    def run() -> T:
-        with admin.session(url) as conn:
+
+async def db(
+    request: web.Request, work: Callable[[admin.Connection], T], *, operator: bool = False
+) -> T:
+    """Run `work` on a connection of its own, in a worker thread; database errors come out as
+    one-line OutboxErrors, as the CLI's do. A portal link's session runs it in one transaction
+    as outbox_account, confined to its account by row-level security (`operator`: the dashboard's
+    own connection whatever the session, for checking a link before it opens a session)."""
+    ctx = context(request)
+    current = session(request)
+    account = current.account
+    if account is None or operator:
+
+        def run() -> T:
+            with admin.session(ctx.db_url) as conn:
+                return work(conn)
+
+        return await asyncio.to_thread(run)
+    issued = datetime.fromtimestamp(current.issued, UTC)
+
+    def confined() -> T:
+        with admin.session(ctx.portal_url) as conn, conn.transaction():
+            if portal.revoked(conn, account, issued):
+                raise RevokedError("this link has been revoked: ask for a new one")
+            portal.confine(conn, account)
             return work(conn)
 
-    return await asyncio.to_thread(run)
+    return await asyncio.to_thread(confined)
 
 
 def session(request: web.Request) -> access.Session:
@@ -79,8 +103,11 @@ def page(request: web.Request, template: str, status: int = 200, **values: Any) 
         ctx.key, f"note:{note}", request.query.get("sig", "")
     )
     values.setdefault("error", None)
+    current = session(request)
     text = ctx.templates.get_template(template).render(
-        csrf=session(request).csrf(ctx.key),
+        csrf=current.csrf(ctx.key),
+        account=current.account,
+        read_only=current.read_only,
         note=note if signed else None,
         login=ctx.settings.dashboard_token is not None,
         **values,
@@ -95,13 +122,22 @@ def done(request: web.Request, path: str, note: str) -> web.HTTPSeeOther:
     return web.HTTPSeeOther(f"{path}?{urlencode({'note': note, 'sig': sig})}")
 
 
+def csp(request: web.Request) -> str:
+    """The page's policy; a portal link's pages may be framed by the configured ancestors."""
+    ancestors = context(request).settings.portal_frame_ancestors
+    current = request.get(SESSION)
+    if ancestors and isinstance(current, access.Session) and current.account is not None:
+        return CSP.replace("frame-ancestors 'none'", f"frame-ancestors {ancestors}")
+    return CSP
+
+
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         response = exc
-    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Content-Security-Policy", csp(request))
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     if not request.path.startswith("/static/"):
@@ -122,6 +158,8 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     if current is None:
         current = access.new_session(authed=ctx.settings.dashboard_token is None)
     request[SESSION] = current
+    if request.method == "POST" and current.read_only and request.path != "/logout":
+        raise web.HTTPForbidden(text="this link is read-only: it can show, not change")
     if request.method == "POST":
         form = await request.post()
         given = form.get("csrf")
@@ -135,18 +173,27 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
         response: web.StreamResponse = web.HTTPSeeOther("/login")
     else:
         response = await handler(request)
-    if fresh:
-        set_cookie(response, ctx.key, current)
+    if fresh and access.COOKIE not in response.cookies:  # a portal link sets its own
+        set_cookie(response, request, current)
     return response
 
 
-def set_cookie(response: web.StreamResponse, key: bytes, value: access.Session) -> None:
+def set_cookie(response: web.StreamResponse, request: web.Request, value: access.Session) -> None:
+    # Framed inside the CRM's own page (another site), a portal session's cookie must be sent
+    # cross-site, which browsers allow only for a Secure cookie, so only over HTTPS.
+    ctx = context(request)
+    framed = (
+        value.account is not None
+        and ctx.settings.portal_frame_ancestors is not None
+        and request.secure
+    )
     response.set_cookie(
         access.COOKIE,
-        value.cookie(key),
-        max_age=access.SESSION_SECONDS,
+        value.cookie(ctx.key),
+        max_age=max(0, value.expires - int(time.time())),
         httponly=True,
-        samesite="Strict",
+        samesite="None" if framed else "Strict",
+        secure=framed,
         path="/",
     )
 
@@ -157,7 +204,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except OutboxError as exc:
-        return page(request, "error.html", status=400, error=render.clean(str(exc)))
+        status = 403 if isinstance(exc, RevokedError) else 400
+        return page(request, "error.html", status=status, error=render.clean(str(exc)))
     except web.HTTPException:
         raise
     except Exception as exc:
@@ -189,9 +237,11 @@ def make_app(settings: Settings, db_url: str) -> web.Application:
     templates = template_environment()
     app = web.Application(middlewares=[security_headers, sessions, errors])
     key = access.session_key(settings.dashboard_token)
-    app[CONTEXT] = Context(settings, page_sessions(db_url), key, templates)
+    portal_url = page_sessions(settings.portal_database_url or db_url)
+    app[CONTEXT] = Context(settings, page_sessions(db_url), portal_url, key, templates)
     views.routes(app)
     actions.routes(app)
+    app.router.add_get("/portal/{token}", views.open_link)
     app.router.add_static("/static/", STATIC)
     return app
 

@@ -13,9 +13,9 @@ from outbox import payload, signing
 from outbox.commands import endpoint_id, shown, type_pattern
 from outbox.commands.deliveries import STATUSES, parse_delivery_id, parse_timestamp
 from outbox.commands.endpoints import mask
-from outbox.dashboard import access, catalog, chart
+from outbox.dashboard import access, catalog, chart, links
 from outbox.dashboard.app import context, db, page, session, set_cookie
-from outbox.db import admin
+from outbox.db import admin, portal
 from outbox.db import dashboard as reads
 from outbox.errors import ConfigError
 
@@ -269,7 +269,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return page(request, "login.html", status=403, error="that is not the dashboard's token")
     response = web.HTTPSeeOther("/")
     # A new session id on login: a session planted before it gains nothing.
-    set_cookie(response, ctx.key, access.new_session(authed=True))
+    set_cookie(response, request, access.new_session(authed=True))
     return response
 
 
@@ -277,4 +277,31 @@ async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login" if context(request).settings.dashboard_token else "/")
     response.del_cookie(access.COOKIE, path="/")
     _ = session(request)
+    return response
+
+
+async def open_link(request: web.Request) -> web.StreamResponse:
+    """A portal link: a session for its account alone, until the link expires."""
+    ctx = context(request)
+    token = ctx.settings.dashboard_token
+    if token is None:
+        raise web.HTTPNotFound(text="portal links need OUTBOX_DASHBOARD_TOKEN")
+    link = links.read(links.link_key(token), request.match_info["token"])
+    if isinstance(link, str):
+        return page(request, "error.html", status=403, error=link)
+    issued = datetime.fromtimestamp(link.issued, UTC)
+    revoked = await db(
+        request, lambda conn: portal.revoked(conn, link.account, issued), operator=True
+    )
+    if revoked:
+        return page(request, "error.html", status=403, error="this link has been revoked")
+    opened = access.new_session(
+        authed=True,
+        account=link.account,
+        read_only=link.read_only,
+        issued=link.issued,
+        expires=link.expires,
+    )
+    response = web.HTTPSeeOther("/")
+    set_cookie(response, request, opened)
     return response

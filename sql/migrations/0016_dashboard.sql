@@ -1,3 +1,5 @@
+-- The dashboard: its role, and the revocation of an account's portal links.
+--
 -- The dashboard's role (NOLOGIN; grant it to the login `outbox dashboard` connects as):
 --
 --   outbox_dashboard  what the dashboard's pages do: read the audit tables, create, switch,
@@ -45,4 +47,22 @@ begin
     -- outbox.wake_relays() after a requeue: whether any relay waits for a wake-up.
     grant select (idle, heartbeat_at) on outbox.relays to outbox_dashboard;
 end
+$$;
+
+-- Portal links (`outbox portal-link ACCOUNT`) are signed and carry the time they were made;
+-- `outbox portal-link ACCOUNT --revoke` refuses every link of the account made before now, and
+-- every session opened with one.
+create table outbox.portal_revocations (
+    account_id text collate "C" primary key
+               constraint portal_revocation_account_format
+               check (account_id ~ '^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$'),
+    revoked_at timestamptz not null default now()
+);
+
+-- Whether a link of `account` made at `issued` has been revoked. Definer: a portal session asks
+-- before it is confined to its account, and need not read other accounts' revocations.
+create function outbox.portal_link_revoked(account text, issued timestamptz) returns boolean
+language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+    select exists (select 1 from outbox.portal_revocations r
+                   where r.account_id = account and r.revoked_at >= issued)
 $$;
