@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,11 @@ class Context:
 
 
 CONTEXT = web.AppKey("context", Context)
-SESSION = "outbox.session"
+# The session of the request being handled: each request runs in a task of its own, which the
+# middleware sets this in (aiohttp 3.10 has no typed request keys; a plain one warns).
+SESSION: contextvars.ContextVar[access.Session | None] = contextvars.ContextVar(
+    "outbox_dashboard_session", default=None
+)
 
 
 def context(request: web.Request) -> Context:
@@ -91,7 +96,9 @@ async def db(
 
 
 def session(request: web.Request) -> access.Session:
-    found: access.Session = request[SESSION]
+    found = SESSION.get()
+    if found is None:
+        raise RuntimeError("no session: the sessions middleware did not run")
     return found
 
 
@@ -125,7 +132,7 @@ def done(request: web.Request, path: str, note: str) -> web.HTTPSeeOther:
 def csp(request: web.Request) -> str:
     """The page's policy; a portal link's pages may be framed by the configured ancestors."""
     ancestors = context(request).settings.portal_frame_ancestors
-    current = request.get(SESSION)
+    current = SESSION.get()
     if ancestors and isinstance(current, access.Session) and current.account is not None:
         return CSP.replace("frame-ancestors 'none'", f"frame-ancestors {ancestors}")
     return CSP
@@ -157,7 +164,7 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     fresh = current is None
     if current is None:
         current = access.new_session(authed=ctx.settings.dashboard_token is None)
-    request[SESSION] = current
+    SESSION.set(current)
     if request.method == "POST" and current.read_only and request.path != "/logout":
         raise web.HTTPForbidden(text="this link is read-only: it can show, not change")
     if request.method == "POST":

@@ -3,20 +3,27 @@ holds only outbox_dashboard, driven by the system's Chromium through Playwright.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from aiohttp import web
 from psycopg.conninfo import make_conninfo
 from support import outbox_cmd, stop
+
+from outbox import config
+from outbox.dashboard.app import make_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # CI sets this: there a missing browser is a failure, not a skip.
@@ -81,17 +88,16 @@ def dashboard_login(conn: psycopg.Connection[Any], db_url: str) -> Iterator[str]
 
 @dataclass
 class Dashboard:
-    """A running `outbox dashboard` and its address."""
+    """A running dashboard and its address."""
 
-    proc: subprocess.Popen[bytes]
     url: str
 
     def at(self, path: str) -> str:
         return self.url.rstrip("/") + path
 
 
-def start_dashboard(env: dict[str, str], log: Path, *args: str) -> Dashboard:
-    """Start `outbox dashboard --port 0` and wait for the line that says where it listens."""
+def start_dashboard(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`outbox dashboard --port 0` as a real process; returns once it says where it listens."""
     with log.open("ab") as stderr:
         proc = subprocess.Popen(
             outbox_cmd("dashboard", "--port", "0", *args),
@@ -102,14 +108,46 @@ def start_dashboard(env: dict[str, str], log: Path, *args: str) -> Dashboard:
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        found = _URL_LINE.search(log.read_text())
-        if found:
-            return Dashboard(proc, found.group(1))
+        if _URL_LINE.search(log.read_text()):
+            return proc
         if proc.poll() is not None:
             raise AssertionError(f"outbox dashboard exited: {log.read_text()}")
         time.sleep(0.05)
     stop(proc)
     raise AssertionError(f"outbox dashboard did not start: {log.read_text()}")
+
+
+def address(log: Path) -> Dashboard:
+    found = _URL_LINE.search(log.read_text())
+    assert found is not None
+    return Dashboard(found.group(1))
+
+
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[Dashboard]:
+    """The dashboard's application, as `outbox dashboard` builds it from this environment, served
+    on loopback from a thread of this process (a process start per test costs seconds here)."""
+    settings = config.load(env)
+    assert settings.database_url is not None
+    app = make_app(settings, settings.database_url)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> int:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return int(runner.addresses[0][1])
+
+    try:
+        port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        yield Dashboard(f"http://127.0.0.1:{port}/")
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 @pytest.fixture
@@ -118,7 +156,6 @@ def dashboard_env(cli_env: dict[str, str], dashboard_login: str) -> dict[str, st
 
 
 @pytest.fixture
-def dashboard(dashboard_env: dict[str, str], tmp_path: Path) -> Iterator[Dashboard]:
-    running = start_dashboard(dashboard_env, tmp_path / "dashboard.log")
-    yield running
-    stop(running.proc)
+def dashboard(dashboard_env: dict[str, str]) -> Iterator[Dashboard]:
+    with serving(dashboard_env) as running:
+        yield running

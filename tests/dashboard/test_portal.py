@@ -14,11 +14,11 @@ import httpx
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from support import outbox_cmd, stop
+from support import outbox_cmd
 
 from outbox.dashboard import links
 
-from .conftest import Dashboard, start_dashboard
+from .conftest import Dashboard, serving
 
 TOKEN = "portal-test-token-0123456789"
 Conn = psycopg.Connection[Any]
@@ -43,9 +43,8 @@ def portal(dashboard_env: dict[str, str], portal_login: str, tmp_path: Path) -> 
         "OUTBOX_PORTAL_DATABASE_URL": portal_login,
         "OUTBOX_PORTAL_FRAME_ANCESTORS": "https://crm.example.com",
     }
-    running = start_dashboard(env, tmp_path / "dashboard.log")
-    yield running
-    stop(running.proc)
+    with serving(env) as running:
+        yield running
 
 
 def endpoint(conn: Conn, account: str) -> str:
@@ -174,8 +173,6 @@ def test_portal_link_prints_a_link_the_dashboard_opens(
     ("args", "token", "message"),
     [
         (["portal-link", ""], TOKEN, "ACCOUNT is empty"),
-        (["portal-link", "a" * 129], TOKEN, "at most 128"),
-        (["portal-link", "42", "--expires", "soon"], TOKEN, "--expires"),
         (["portal-link", "42", "--expires", "90d"], TOKEN, "longer than 30 days"),
         (["portal-link", "42"], None, "signed with OUTBOX_DASHBOARD_TOKEN"),
     ],
