@@ -31,7 +31,7 @@ def bars(hours: Iterable[Hour]) -> list[Bar]:
     for hour in hours:
         if 0 <= hour.hour < HOURS:
             ok, failed = counts[hour.hour]
-            counts[hour.hour] = (ok + hour.ok, failed + hour.failed)
+            counts[hour.hour] = (ok + hour.ok, failed + hour.failed_attempts)
     peak = max((ok + failed for ok, failed in counts.values()), default=0) or 1
     return [
         Bar(h * BAR, ok * HEIGHT / peak, failed * HEIGHT / peak, ok, failed)

@@ -44,15 +44,11 @@ async def endpoints_page(request: web.Request) -> web.Response:
 
     def read(
         conn: admin.Connection,
-    ) -> tuple[list[admin.EndpointSummary], dict[str, reads.Health], list[reads.Hour]]:
-        return (
-            admin.list_endpoints(conn),
-            {h.endpoint_id: h for h in reads.health(conn, since)},
-            reads.hourly(conn, since),
-        )
+    ) -> tuple[list[reads.Listed], dict[str, reads.Health], dict[str, list[reads.Hour]]]:
+        return (reads.listed(conn), *reads.health(conn, since))
 
     endpoints, health, hours = await db(request, read)
-    charts = {e.id: chart.svg(h for h in hours if h.endpoint_id == e.id) for e in endpoints}
+    charts = {e.id: chart.svg(hours.get(e.id, [])) for e in endpoints}
     return page(request, "endpoints.html", endpoints=endpoints, health=health, charts=charts)
 
 
@@ -137,14 +133,14 @@ async def render_endpoint(
         filters, filter_error = Filters(), str(exc)
 
     def read(conn: admin.Connection) -> EndpointView | None:
-        endpoint = admin.get_endpoint(conn, ep_id)
+        endpoint = reads.endpoint(conn, ep_id)
         if endpoint is None:
             return None
-        health = reads.health(conn, since, ep_id)
+        health, hours = reads.health(conn, since, ep_id)
         return EndpointView(
             endpoint,
-            health[0] if health else None,
-            reads.hourly(conn, since, ep_id),
+            health.get(ep_id),
+            hours.get(ep_id, []),
             reads.deliveries(
                 conn,
                 ep_id,
@@ -180,7 +176,7 @@ async def render_endpoint(
 class EndpointView:
     """What an endpoint's page shows, read in one connection."""
 
-    endpoint: admin.EndpointDetail
+    endpoint: reads.EndpointPage
     health: reads.Health | None
     hours: list[reads.Hour]
     deliveries: list[admin.Delivery]

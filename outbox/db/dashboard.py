@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import LiteralString
 
@@ -13,31 +14,88 @@ from outbox.sqlfiles import queries
 
 
 @dataclass(frozen=True)
-class Health:
-    """One endpoint's deliveries created in the window, and their attempts."""
+class Listed:
+    """An endpoint as the list page shows it."""
 
-    endpoint_id: str
-    delivered: int
-    retrying: int  # pending after at least one failed attempt
-    failed: int
-    last_success: datetime | None
-    attempts: int
-    ok_attempts: int
-    p50_ms: float | None
+    id: str
+    url: str
+    enabled: bool
+    event_types: list[str]
+    description: str
+    account_id: str | None
+    all_accounts: bool
+    breaker_opened_at: datetime | None
 
-    @property
-    def success_rate(self) -> float | None:
-        return self.ok_attempts / self.attempts if self.attempts else None
+
+@dataclass(frozen=True)
+class EndpointPage:
+    """One endpoint as its page shows it (the secret only ever masked)."""
+
+    id: str
+    url: str
+    enabled: bool
+    event_types: list[str]
+    description: str
+    account_id: str | None
+    all_accounts: bool
+    consecutive_failures: int
+    breaker_opened_at: datetime | None
+    probe_at: datetime | None
+    probes: int
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    secret: str = field(repr=False)
+    previous_secret_until: datetime | None
+    pending: int
 
 
 @dataclass(frozen=True)
 class Hour:
-    """Attempts of one endpoint in one hour of the window, by outcome."""
+    """One hour of an endpoint's window: the deliveries created in it and their attempts."""
 
     endpoint_id: str
     hour: int
-    ok: int
+    delivered: int
+    retrying: int  # pending after at least one failed attempt
     failed: int
+    attempts: int
+    last_success: datetime | None
+
+    @property
+    def ok(self) -> int:
+        """Attempts that answered 2xx."""
+        return self.delivered
+
+    @property
+    def failed_attempts(self) -> int:
+        return self.attempts - self.delivered
+
+
+@dataclass(frozen=True)
+class Health:
+    """One endpoint's window: its hours added up, and the median attempt duration."""
+
+    delivered: int
+    retrying: int
+    failed: int
+    attempts: int
+    last_success: datetime | None
+    p50_ms: float | None
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.delivered / self.attempts if self.attempts else None
+
+
+def health_of(hours: Sequence[Hour], p50_ms: float | None) -> Health:
+    return Health(
+        delivered=sum(h.delivered for h in hours),
+        retrying=sum(h.retrying for h in hours),
+        failed=sum(h.failed for h in hours),
+        attempts=sum(h.attempts for h in hours),
+        last_success=max((h.last_success for h in hours if h.last_success), default=None),
+        p50_ms=p50_ms,
+    )
 
 
 @dataclass(frozen=True)
@@ -67,16 +125,41 @@ def _sql(name: str) -> LiteralString:
     return queries("dashboard")[name]
 
 
-def health(conn: Connection, since: datetime, endpoint_id: str | None = None) -> list[Health]:
-    params = {"since": since, "endpoint_id": endpoint_id}
-    with conn.cursor(row_factory=class_row(Health)) as cur:
-        return cur.execute(_sql("endpoints_health"), params).fetchall()
+def listed(conn: Connection) -> list[Listed]:
+    with conn.cursor(row_factory=class_row(Listed)) as cur:
+        return cur.execute(_sql("endpoints_listed")).fetchall()
 
 
-def hourly(conn: Connection, since: datetime, endpoint_id: str | None = None) -> list[Hour]:
+def endpoint(conn: Connection, endpoint_id: str) -> EndpointPage | None:
+    with conn.cursor(row_factory=class_row(EndpointPage)) as cur:
+        return cur.execute(_sql("endpoint_page"), {"endpoint_id": endpoint_id}).fetchone()
+
+
+def hours(conn: Connection, since: datetime, endpoint_id: str | None = None) -> list[Hour]:
     params = {"since": since, "endpoint_id": endpoint_id}
     with conn.cursor(row_factory=class_row(Hour)) as cur:
-        return cur.execute(_sql("attempts_hourly"), params).fetchall()
+        return cur.execute(_sql("endpoint_hours"), params).fetchall()
+
+
+def medians(
+    conn: Connection, since: datetime, endpoint_id: str | None = None
+) -> dict[str, float | None]:
+    """Each endpoint's median attempt duration (ms) over its window's 200 newest deliveries."""
+    params = {"since": since, "endpoint_id": endpoint_id}
+    rows = conn.execute(_sql("endpoints_p50"), params).fetchall()
+    return {str(endpoint): p50 for endpoint, p50 in rows}
+
+
+def health(
+    conn: Connection, since: datetime, endpoint_id: str | None = None
+) -> tuple[dict[str, Health], dict[str, list[Hour]]]:
+    """Every endpoint's (or one's) health over the window, and its hours for the chart."""
+    by_endpoint: dict[str, list[Hour]] = {}
+    for hour in hours(conn, since, endpoint_id):
+        by_endpoint.setdefault(hour.endpoint_id, []).append(hour)
+    p50 = medians(conn, since, endpoint_id)
+    summed = {ep: health_of(by_endpoint.get(ep, []), value) for ep, value in p50.items()}
+    return summed, by_endpoint
 
 
 def deliveries(

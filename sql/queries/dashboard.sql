@@ -3,24 +3,46 @@
 -- range of deliveries_endpoint_created_idx per endpoint, so a page costs the same however much
 -- history the tables hold.
 
--- name: endpoints_health
--- Counted from the deliveries alone (their status and attempt counts): a delivered delivery's
--- last attempt answered 2xx, each of its other attempts and every attempt of the rest did not.
--- Only the median duration reads attempts, of the window's 200 newest deliveries, so a page
--- costs one index range per endpoint however many attempts the window holds.
-select ep.id as endpoint_id,
-       h.delivered, h.retrying, h.failed, h.last_success,
-       h.attempts, h.delivered as ok_attempts, p.p50_ms
+-- name: endpoints_listed
+-- The list page's endpoints; their health comes from endpoint_hours.
+select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.account_id,
+       ep.all_accounts, ep.breaker_opened_at
 from outbox.endpoints ep
-cross join lateral (
-    select count(*) filter (where d.status = 'delivered') as delivered,
-           count(*) filter (where d.status = 'pending' and d.attempts > 0) as retrying,
-           count(*) filter (where d.status = 'failed') as failed,
-           max(d.delivered_at) as last_success,
-           coalesce(sum(d.attempts), 0) as attempts
-    from outbox.deliveries d
-    where d.endpoint_id = ep.id and d.created_at >= %(since)s::timestamptz
-) h
+order by ep.created_at, ep.id;
+
+-- name: endpoint_page
+-- One endpoint; its pending deliveries are a range of the partial index deliveries_pending_idx.
+select ep.id, ep.url, ep.enabled, ep.event_types, ep.description, ep.account_id,
+       ep.all_accounts, ep.consecutive_failures, ep.breaker_opened_at, ep.probe_at, ep.probes,
+       ep.disabled_at, ep.disabled_reason, ep.secret,
+       case when ep.previous_secret_until > now() then ep.previous_secret_until end
+           as previous_secret_until,
+       (select count(*) from outbox.deliveries d
+        where d.endpoint_id = ep.id and d.status = 'pending') as pending
+from outbox.endpoints ep
+where ep.id = %(endpoint_id)s::text;
+
+-- name: endpoint_hours
+-- Each hour since %(since)s (hour 0 is the first) of the deliveries created then: counted from
+-- the deliveries alone, their status and attempt counts (a delivered delivery's last attempt
+-- answered 2xx, each of its other attempts and every attempt of the rest did not).
+select ep.id as endpoint_id,
+       floor(extract(epoch from (d.created_at - %(since)s::timestamptz)) / 3600)::integer as hour,
+       count(*) filter (where d.status = 'delivered') as delivered,
+       count(*) filter (where d.status = 'pending' and d.attempts > 0) as retrying,
+       count(*) filter (where d.status = 'failed') as failed,
+       coalesce(sum(d.attempts), 0) as attempts,
+       max(d.delivered_at) as last_success
+from outbox.endpoints ep
+join outbox.deliveries d on d.endpoint_id = ep.id and d.created_at >= %(since)s::timestamptz
+where %(endpoint_id)s::text is null or ep.id = %(endpoint_id)s::text
+group by 1, 2;
+
+-- name: endpoints_p50
+-- The median attempt duration of each endpoint's 200 newest deliveries in the window: attempts
+-- by primary key, a bounded read whatever the window holds.
+select ep.id as endpoint_id, p.p50_ms
+from outbox.endpoints ep
 cross join lateral (
     select percentile_cont(0.5) within group (order by a.duration_ms) as p50_ms
     from (
@@ -32,18 +54,6 @@ cross join lateral (
     join outbox.attempts a on a.delivery_id = recent.id
 ) p
 where %(endpoint_id)s::text is null or ep.id = %(endpoint_id)s::text;
-
--- name: attempts_hourly
--- The attempts of the deliveries created in each hour since %(since)s, by outcome (as in
--- endpoints_health); hour 0 is the first.
-select ep.id as endpoint_id,
-       floor(extract(epoch from (d.created_at - %(since)s::timestamptz)) / 3600)::integer as hour,
-       count(*) filter (where d.status = 'delivered') as ok,
-       coalesce(sum(d.attempts), 0) - count(*) filter (where d.status = 'delivered') as failed
-from outbox.endpoints ep
-join outbox.deliveries d on d.endpoint_id = ep.id and d.created_at >= %(since)s::timestamptz
-where %(endpoint_id)s::text is null or ep.id = %(endpoint_id)s::text
-group by 1, 2;
 
 -- name: endpoint_deliveries
 -- Newest first along deliveries_endpoint_created_idx; `since` bounds the same index range.

@@ -56,19 +56,22 @@ def test_health_counts_the_windows_deliveries_and_their_attempts(conn: Conn) -> 
         "then 200 else 500 end "
         "from outbox.deliveries d cross join generate_series(1, d.attempts) a"
     )
-    (health,) = reads.health(conn, since, endpoint)
+    healths, hours = reads.health(conn, since, endpoint)
+    health = healths[endpoint]
     assert (health.delivered, health.failed, health.retrying) == (1, 1, 1)
-    assert (health.attempts, health.ok_attempts) == (6, 1)
+    assert health.attempts == 6
     assert health.success_rate == 1 / 6
+    assert health.last_success is not None
     assert health.p50_ms == 15.0  # attempts of 10, 20, 10, 20, 30, 10 ms
-    hours = reads.hourly(conn, since, endpoint)
-    assert sum(h.ok for h in hours) == 1
-    assert sum(h.failed for h in hours) == 5
-    assert all(0 <= h.hour < 24 for h in hours)
+    assert sum(h.ok for h in hours[endpoint]) == 1
+    assert sum(h.failed_attempts for h in hours[endpoint]) == 5
+    assert all(0 <= h.hour < 24 for h in hours[endpoint])
     # Two days back is outside the window.
     conn.execute("update outbox.deliveries set created_at = now() - interval '2 days'")
-    (empty,) = reads.health(conn, since, endpoint)
+    healths, hours = reads.health(conn, since, endpoint)
+    empty = healths[endpoint]
     assert (empty.delivered, empty.attempts, empty.p50_ms) == (0, 0, None)
+    assert hours == {}
 
 
 def test_an_endpoints_deliveries_page_walks_its_own_index(conn: Conn) -> None:
