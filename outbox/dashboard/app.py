@@ -22,7 +22,7 @@ from outbox import logs, render
 from outbox.config import Settings
 from outbox.dashboard import access
 from outbox.db import admin, portal
-from outbox.errors import OutboxError, first_line
+from outbox.errors import OutboxError, first_line, scrub
 
 T = TypeVar("T")
 _log = structlog.get_logger("outbox.dashboard")
@@ -216,8 +216,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except Exception as exc:
-        _log.exception("dashboard_page_failed", path=request.path)
         text = f"unexpected {type(exc).__name__}: {first_line(exc)}"
+        # One line, no traceback: a traceback's locals could hold a secret.
+        _log.error("dashboard_page_failed", path=request.path, error=scrub(text))
         return page(request, "error.html", status=500, error=render.clean(text))
 
 

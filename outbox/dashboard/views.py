@@ -122,7 +122,6 @@ async def render_endpoint(
     ep_id: str,
     *,
     error: str | None = None,
-    secret: str | None = None,
     status: int = 200,
 ) -> web.Response:
     since = window_start()
@@ -167,7 +166,6 @@ async def render_endpoint(
         timeline=view.timeline,
         filters=request.query,
         error=error or filter_error,
-        secret=secret,
         statuses=STATUSES,
     )
 

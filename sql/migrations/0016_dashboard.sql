@@ -46,6 +46,22 @@ begin
         on outbox.deliveries to outbox_dashboard;
     -- outbox.wake_relays() after a requeue: whether any relay waits for a wake-up.
     grant select (idle, heartbeat_at) on outbox.relays to outbox_dashboard;
+    -- Replay locks the window's events FOR KEY SHARE (so `outbox prune` waits for it), which
+    -- PostgreSQL allows only to a role that may update some column; the append-only trigger
+    -- (0001) still refuses every update of an event.
+    grant update (type) on outbox.events to outbox_dashboard;
+    -- Replay sends only events fan-out has passed (outbox.fanned_out reads its cursor).
+    grant select on outbox.fan_out_cursor to outbox_dashboard;
+end
+$$;
+
+-- A portal link's pages run as outbox_account and redeliver as the CLI does, which wakes the
+-- relays when one waits: that reads whether any does.
+do $$
+begin
+    if exists (select from pg_roles where rolname = 'outbox_account') then
+        grant select (idle, heartbeat_at) on outbox.relays to outbox_account;
+    end if;
 end
 $$;
 

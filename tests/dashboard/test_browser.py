@@ -148,6 +148,13 @@ def test_filter_deliveries_and_redeliver_a_failed_one(
         assert page.inner_text("#status") == "delivered"
         assert page.locator("section.attempt").count() == 2
 
+        # Replay the window: the two delivered ones are requeued, as `outbox replay` would.
+        page.goto(dashboard.at(f"/endpoints/{endpoint.id}"))
+        page.fill("input[name=since]", "2000-01-01T00:00Z")
+        go(page, "#replay")
+        assert page.inner_text("#note").startswith("requeued 3, created 0")
+        assert delivery_status(conn, endpoint.id).count("pending") == 3
+
 
 def test_rotate_a_secret_and_refuse_bad_input_with_the_cli_message(
     page: Any, dashboard: Dashboard, conn: Conn, cli_env: dict[str, str]
