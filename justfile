@@ -40,4 +40,4 @@ bench scenario="all" *args:
 # build the wheel and run it from outside the source tree, as a user who installed it would
 wheel-check:
     rm -rf dist && pip wheel --quiet --no-deps -w dist .
-    d="$(mktemp -d)" && python -m venv "$d/venv" && "$d/venv/bin/pip" install --quiet dist/*.whl && cd "$d" && env -u DATABASE_URL "$d/venv/bin/outbox" migrate && env -u DATABASE_URL "$d/venv/bin/outbox" migrate --check && env -u DATABASE_URL "$d/venv/bin/outbox" endpoints list && cd / && rm -rf "$d"
+    d="$(mktemp -d)" && python -m venv "$d/venv" && "$d/venv/bin/pip" install --quiet dist/*.whl && cd "$d" && env -u DATABASE_URL "$d/venv/bin/outbox" migrate && env -u DATABASE_URL "$d/venv/bin/outbox" migrate --check && env -u DATABASE_URL "$d/venv/bin/outbox" endpoints list && "$d/venv/bin/python" -m outbox.dashboard.packaged && cd / && rm -rf "$d"

@@ -22,9 +22,11 @@ COMMANDS = (
     "listen",
     "demo",
     "bench",
+    "dashboard",
+    "portal",
 )
 # Verbs registered by a module of another name.
-_VERB_MODULE = {"redeliver": "deliveries", "replay": "deliveries"}
+_VERB_MODULE = {"redeliver": "deliveries", "replay": "deliveries", "portal-link": "portal"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -47,6 +47,8 @@ DEFAULT_RETENTION_SCHEDULE = "15 3 * * *"
 DEFAULT_DISABLE_SCHEDULE = "* * * * *"  # the auto-disable sweep: every minute
 BREAKER_AFTER_RANGE = (1, 1_000_000)
 DEFAULT_DISABLE_AFTER = timedelta(days=5)
+# The dashboard's login token: long enough that guessing it over HTTP is hopeless.
+MIN_DASHBOARD_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class Settings:
     breaker: Breaker = field(default_factory=Breaker)
     disable_after: timedelta = DEFAULT_DISABLE_AFTER  # an endpoint failing this long is disabled
     disable_schedule: str = DEFAULT_DISABLE_SCHEDULE
+    dashboard_token: str | None = field(default=None, repr=False)  # None: no login
+    portal_frame_ancestors: str | None = None  # CSP sources that may frame a portal link's page
+    portal_database_url: str | None = None  # a login granted outbox_account, for portal pages
 
     @property
     def lease_seconds(self) -> float:
@@ -295,6 +300,38 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
+def parse_dashboard_token(text: str | None) -> str | None:
+    """OUTBOX_DASHBOARD_TOKEN: unset (no login), or at least 16 printable characters. Hidden from
+    every line the program writes from here on."""
+    if text is None:
+        return None
+    if len(text) < MIN_DASHBOARD_TOKEN or not text.isprintable() or text != text.strip():
+        raise ConfigError(
+            f"OUTBOX_DASHBOARD_TOKEN must be at least {MIN_DASHBOARD_TOKEN} printable characters "
+            "without surrounding spaces (try `openssl rand -hex 24`), or unset"
+        )
+    hide(text)
+    return text
+
+
+_FRAME_SOURCE = re.compile(r"'self'|https?://(?:\*\.)?[A-Za-z0-9.-]+(?::[0-9]{1,5})?")
+
+
+def parse_frame_ancestors(text: str | None) -> str | None:
+    """OUTBOX_PORTAL_FRAME_ANCESTORS: the pages that may frame a portal link's pages, as CSP
+    sources separated by spaces ('self', https://crm.example.com, https://*.example.com)."""
+    if text is None or not text.strip():
+        return None
+    sources = text.split()
+    for source in sources:
+        if not _FRAME_SOURCE.fullmatch(source):
+            raise ConfigError(
+                f"OUTBOX_PORTAL_FRAME_ANCESTORS: {source[:80]!r} is not 'self' or an origin "
+                "such as https://crm.example.com"
+            )
+    return " ".join(sources)
+
+
 def _database_url(env: Mapping[str, str]) -> str | None:
     text = env.get("DATABASE_URL")
     if text is None:
@@ -340,5 +377,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         disable_schedule=parse_schedule(
             "OUTBOX_DISABLE_SCHEDULE",
             env.get("OUTBOX_DISABLE_SCHEDULE", DEFAULT_DISABLE_SCHEDULE),
+        ),
+        dashboard_token=parse_dashboard_token(env.get("OUTBOX_DASHBOARD_TOKEN")),
+        portal_frame_ancestors=parse_frame_ancestors(env.get("OUTBOX_PORTAL_FRAME_ANCESTORS")),
+        portal_database_url=(
+            parse_database_url(env["OUTBOX_PORTAL_DATABASE_URL"])
+            if env.get("OUTBOX_PORTAL_DATABASE_URL")
+            else None
         ),
     )

@@ -329,26 +329,43 @@ def run_redeliver(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    since: datetime = args.since
-    until: datetime | None = args.until
+def replay(
+    conn: admin.Connection,
+    *,
+    endpoint_id: str,
+    since: datetime,
+    until: datetime | None = None,
+    types: list[str] | None = None,
+    account: str | None = None,
+) -> admin.Replay:
+    """`outbox replay`'s work, shared with the dashboard: checks, then one transaction."""
     if until is not None and until <= since:
         raise ConfigError(f"--until {until.isoformat()} is not after --since {since.isoformat()}")
-    types: list[str] | None = args.types
-    account: str | None = args.account
+    if types is not None:
+        check_types(types, admin.known_event_types(conn), "--types")
+    outcome = admin.replay(
+        conn,
+        endpoint_id=endpoint_id,
+        since=since,
+        until=until,
+        types=types,
+        account_id=account,
+    )
+    if outcome is None:
+        raise OutboxError(f"no endpoint with id {render.clean(endpoint_id)!r}")
+    return outcome
+
+
+def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     with admin.session(connect.resolve(settings).url) as conn:
-        if types is not None:
-            check_types(types, admin.known_event_types(conn), "--types")
-        outcome = admin.replay(
+        outcome = replay(
             conn,
             endpoint_id=args.endpoint,
-            since=since,
-            until=until,
-            types=types,
-            account_id=account,
+            since=args.since,
+            until=args.until,
+            types=args.types,
+            account=args.account,
         )
-    if outcome is None:
-        raise OutboxError(f"no endpoint with id {render.clean(args.endpoint)!r}")
     if not outcome.endpoint_enabled and (outcome.requeued or outcome.created):
         print(
             f"endpoint {args.endpoint} is disabled: these deliveries wait until "

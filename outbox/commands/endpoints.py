@@ -7,8 +7,9 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from outbox import netguard, render, signing
 from outbox.accounts import check_account
@@ -18,6 +19,9 @@ from outbox.commands import endpoint_options as options
 from outbox.config import Settings
 from outbox.db import admin, connect
 from outbox.errors import ConfigError, OutboxError
+
+if TYPE_CHECKING:
+    from outbox.probe import ProbeResult
 
 DESCRIPTION_LIMIT = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -291,34 +295,61 @@ def _url(settings: Settings) -> str:
     return connect.resolve(settings).url
 
 
-def _test(args: argparse.Namespace, settings: Settings) -> int:
-    from outbox import probe  # noqa: PLC0415 - the HTTP client only for this action
+@dataclass(frozen=True)
+class TestTarget:
+    """Where a test event goes: the endpoint, the type it carries, the endpoint's own headers."""
 
-    with admin.session(_url(settings)) as conn:
-        endpoint = admin.get_endpoint(conn, args.endpoint_id)
-        known = admin.known_event_types(conn)
-        custom = admin.endpoint_headers(conn, args.endpoint_id)
+    endpoint: admin.EndpointDetail
+    sent_type: str
+    custom: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
+
+
+def test_target(conn: admin.Connection, endpoint_id: str, wanted: str | None) -> TestTarget:
+    """The endpoint a test event goes to and the type it carries: `wanted` (a known type), else
+    the first known type it subscribes to."""
+    endpoint = admin.get_endpoint(conn, endpoint_id)
+    known = admin.known_event_types(conn)
+    custom = tuple(admin.endpoint_headers(conn, endpoint_id).items())
     if endpoint is None:
-        raise _no_endpoint(args.endpoint_id)
-    if args.type is not None and args.type not in known:
-        raise ConfigError(f"--type {args.type!r} is not a known event type")
-    sent_type = args.type or next(
+        raise _no_endpoint(endpoint_id)
+    if wanted is not None and wanted not in known:
+        raise ConfigError(f"--type {wanted!r} is not a known event type")
+    sent_type = wanted or next(
         (t for t in known if any(type_matches(p, t) for p in endpoint.event_types)), known[0]
     )
-    result = probe.send_test(
+    return TestTarget(endpoint, sent_type, custom)
+
+
+def send_test(settings: Settings, target: TestTarget) -> ProbeResult:
+    """POST the signed test event, with the endpoint's own headers (no database connection held
+    meanwhile)."""
+    from outbox import probe  # noqa: PLC0415 - the HTTP client only for this action
+
+    endpoint = target.endpoint
+    return probe.send_test(
         endpoint.url,
         endpoint.secret,
-        sent_type,
+        target.sent_type,
         previous_secret=endpoint.previous_secret,
-        custom=tuple(custom.items()),
+        custom=target.custom,
         timeout=settings.timeout,
         allow_private_networks=settings.allow_private_networks,
     )
+
+
+def test_verdict(sent_type: str, result: ProbeResult) -> str:
+    """The one line `endpoints test` prints about the answer."""
     verdict = f"HTTP {result.status_code}" if result.status_code is not None else "no answer"
-    render.emit(
-        f"{sent_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms"
-        + (f" ({render.clean(result.error)})" if result.error else "")
+    return f"{sent_type} {result.event_id} -> {verdict} in {result.duration_ms:.0f} ms" + (
+        f" ({render.clean(result.error)})" if result.error else ""
     )
+
+
+def _test(args: argparse.Namespace, settings: Settings) -> int:
+    with admin.session(_url(settings)) as conn:
+        target = test_target(conn, args.endpoint_id, args.type)
+    result = send_test(settings, target)
+    render.emit(test_verdict(target.sent_type, result))
     if result.response_body:
         render.emit(render.clean(result.response_body[:200]))
     return 0 if result.ok else 1
@@ -328,26 +359,57 @@ def _no_endpoint(endpoint_id: str) -> OutboxError:
     return OutboxError(f"no endpoint with id {endpoint_id!r}")
 
 
-def _create(args: argparse.Namespace, settings: Settings) -> int:
-    account, patterns = args.account, args.events
-    if account is not None and args.all_accounts:
+def create(
+    conn: admin.Connection,
+    settings: Settings,
+    *,
+    url: str,
+    patterns: list[str],
+    description: str = "",
+    enabled: bool = True,
+    account: str | None = None,
+    all_accounts: bool = False,
+    headers: dict[str, str] | None = None,
+    rate_limit: int | None = None,
+    ordered: bool = False,
+) -> tuple[str, str]:
+    """`endpoints create`'s work, shared with the dashboard: the new endpoint's id and secret.
+    `url`, `patterns` and `description` have passed check_url, parse_types, check_description."""
+    if account is not None and all_accounts:
         raise ConfigError("--account and --all-accounts exclude each other: give one of them")
-    headers = options.headers_given(args)
-    options.check_headers(headers)
+    if headers:
+        options.check_headers(headers)
     secret = signing.generate_secret()
+    check_types(patterns, admin.known_event_types(conn))
+    endpoint_id = admin.create_endpoint(
+        conn,
+        url=url,
+        event_types=patterns,
+        description=description,
+        enabled=enabled,
+        secret=secret,
+        account_id=account,
+        all_accounts=all_accounts,
+        max_per_account=settings.max_endpoints_per_account,
+        headers=headers,
+        rate_limit=rate_limit,
+        ordered=ordered,
+    )
+    return endpoint_id, secret
+
+
+def _create(args: argparse.Namespace, settings: Settings) -> int:
     with admin.session(_url(settings)) as conn:
-        check_types(patterns, admin.known_event_types(conn))
-        endpoint_id = admin.create_endpoint(
+        endpoint_id, secret = create(
             conn,
+            settings,
             url=args.url,
-            event_types=patterns,
+            patterns=args.events,
             description=args.description,
             enabled=not args.disabled,
-            secret=secret,
-            account_id=account,
+            account=args.account,
             all_accounts=args.all_accounts,
-            max_per_account=settings.max_endpoints_per_account,
-            headers=headers,
+            headers=options.headers_given(args),
             rate_limit=args.rate_limit,
             ordered=args.ordered,
         )
@@ -564,12 +626,18 @@ def _overlap_text(until: datetime | None) -> str:
     return f"{render.timestamp(until)} (the replaced secret signs too until then)"
 
 
+def switch(conn: admin.Connection, endpoint_id: str, *, enabled: bool) -> int:
+    """Enable or disable an endpoint; its pending deliveries (OutboxError: no such endpoint)."""
+    pending = admin.set_endpoint_enabled(conn, endpoint_id, enabled=enabled)
+    if pending is None:
+        raise _no_endpoint(endpoint_id)
+    return pending
+
+
 def _switch(args: argparse.Namespace, settings: Settings) -> int:
     enabled = args.action == "enable"
     with admin.session(_url(settings)) as conn:
-        pending = admin.set_endpoint_enabled(conn, args.endpoint_id, enabled=enabled)
-    if pending is None:
-        raise _no_endpoint(args.endpoint_id)
+        pending = switch(conn, args.endpoint_id, enabled=enabled)
     render.emit(f"{args.action}d {args.endpoint_id}")
     if pending:
         what = "are sent as they fall due" if enabled else "wait until it is enabled again"
@@ -581,11 +649,19 @@ def _overlap(text: str) -> timedelta:
     return parse_age(text, "--overlap", zero=True)
 
 
+def rotate(
+    conn: admin.Connection, endpoint_id: str, overlap: timedelta
+) -> tuple[str, datetime | None]:
+    """The new secret and when the overlap ends (OutboxError: no such endpoint)."""
+    rotated = admin.rotate_secret(conn, endpoint_id, overlap)
+    if rotated is None:
+        raise _no_endpoint(endpoint_id)
+    return rotated
+
+
 def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     with admin.session(_url(settings)) as conn:
-        rotated = admin.rotate_secret(conn, args.endpoint_id, args.overlap)
-    if rotated is None:
-        raise _no_endpoint(args.endpoint_id)
+        rotated = rotate(conn, args.endpoint_id, args.overlap)
     secret, until = rotated
     if args.json:
         render.emit_json({"id": args.endpoint_id, "secret": secret, "overlap_until": until})
@@ -605,17 +681,24 @@ def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    with admin.session(_url(settings)) as conn:
-        outcome = admin.delete_endpoint(conn, args.endpoint_id, allow_pending=args.yes)
+def delete(conn: admin.Connection, endpoint_id: str, *, allow_pending: bool) -> admin.Deletion:
+    """Delete an endpoint with its deliveries; OutboxError when there is no such endpoint or it
+    has pending deliveries that are not allowed to go."""
+    outcome = admin.delete_endpoint(conn, endpoint_id, allow_pending=allow_pending)
     if outcome is None:
-        raise _no_endpoint(args.endpoint_id)
+        raise _no_endpoint(endpoint_id)
     if not outcome.deleted:
         raise OutboxError(
-            f"endpoint {args.endpoint_id} has {outcome.pending} pending "
+            f"endpoint {endpoint_id} has {outcome.pending} pending "
             f"deliver{'y' if outcome.pending == 1 else 'ies'}; "
             "pass --yes to delete it and them, or disable it instead"
         )
+    return outcome
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    with admin.session(_url(settings)) as conn:
+        outcome = delete(conn, args.endpoint_id, allow_pending=args.yes)
     render.emit(f"deleted {args.endpoint_id} and its {outcome.deliveries} deliveries")
     return 0
 

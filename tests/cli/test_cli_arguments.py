@@ -36,6 +36,7 @@ SAMPLES = {
     "port": "8000",
     "secret": SECRET,
     "scenario": "capture",
+    "account": "42",
 }
 # Options whose empty value is meaningful: --description '' is "no description", as by default.
 EMPTY_MEANS_NONE = {"description"}

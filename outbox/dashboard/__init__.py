@@ -1,0 +1,1 @@
+"""`outbox dashboard`: Settings > Webhooks > Outgoing as server-rendered pages (aiohttp, Jinja2)."""
