@@ -110,17 +110,29 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("select set_config('jit', 'off', false)")
 
 
-def claim_statement(walk: bool) -> LiteralString:
+def claim_statement(walk: bool, limits: bool = False) -> LiteralString:
     """The claim, with its endpoints in turn found by walking the pending index (`walk`, for
-    installations with more than 100 enabled endpoints) or by asking each enabled endpoint."""
-    turn = Q["deliveries_claim_turn_walk" if walk else "deliveries_claim_turn_each"]
-    template = Q["deliveries_claim"]
-    if "\n-- turn\n" not in template:
-        raise RuntimeError("sql/queries/deliveries.sql: deliveries_claim has no `-- turn` line")
-    return template.replace("\n-- turn\n", "\n" + turn + "\n", 1)
+    installations with more than 100 enabled endpoints) or by asking each enabled endpoint; with
+    `limits`, taking rate-limited endpoints' slots too (some enabled endpoint has a limit)."""
+    suffix = "_limited" if limits else ""
+    statement = Q["deliveries_claim"]
+    for line, fragment in (
+        ("-- turn", ("deliveries_claim_turn_walk" if walk else "deliveries_claim_turn_each")),
+        ("-- due", "deliveries_claim_due"),
+        ("-- slot", "deliveries_claim_slot"),
+    ):
+        marker = "\n" + line + "\n"
+        if marker not in statement:
+            raise RuntimeError(f"sql/queries/deliveries.sql: deliveries_claim has no `{line}` line")
+        statement = statement.replace(marker, "\n" + Q[fragment + suffix] + "\n", 1)
+    return statement
 
 
-CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
+CLAIM = {
+    (walk, limits): claim_statement(walk, limits)
+    for walk in (False, True)
+    for limits in (False, True)
+}
 DEFAULT_BREAKER = Breaker()
 # How late after its slot a rate-limited attempt may still start; later, it is handed back and
 # claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE + w)
@@ -129,8 +141,9 @@ DEFAULT_BREAKER = Breaker()
 SLOT_GRACE = 0.02
 # How long ClockLink trusts its reading of the database's clock before taking a fresh one.
 LINK_FRESH = 30.0
-# How often the relay counts its enabled endpoints to choose between the two claims.
-RECOUNT_SECONDS = 10.0
+# How often the relay looks at its enabled endpoints to choose its claim: walking or asking each,
+# with rate limits or without (an endpoint given the first limit waits until the relay looks).
+RECOUNT_SECONDS = 1.0
 
 
 class Store:
@@ -154,6 +167,7 @@ class Store:
         )
         self._turn = ""  # the last endpoint the latest claim reached: the next starts after it
         self._walk = False  # more than 100 enabled endpoints: claim by walking the pending index
+        self._limits = False  # an enabled endpoint has a rate limit: claim with its fragments
         self._counted = float("-inf")  # when the enabled endpoints were last counted
         self._clock = ClockLink()  # the database's clock, for rate-limited deliveries' slots
 
@@ -176,9 +190,10 @@ class Store:
             if now - self._counted >= RECOUNT_SECONDS:
                 cur = await conn.execute(Q["endpoints_many"])
                 row = await cur.fetchone()
-                self._walk, self._counted = bool(row and row[0]), now
+                self._walk, self._limits = (bool(row[0]), bool(row[1])) if row else (False, False)
+                self._counted = now
             sent = time.monotonic()
-            cur = await conn.execute(CLAIM[self._walk], params)
+            cur = await conn.execute(CLAIM[self._walk, self._limits], params)
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
         if claimed:
