@@ -49,12 +49,12 @@ class Claimed:
     previous_secret: str | None = field(default=None, repr=False)
     # The endpoint's own headers as JSON text (None: none); their values may be credentials.
     headers_json: str | None = field(default=None, repr=False)
-    # Rate-limited only: [seconds from the claim's now() to its slot, seconds from falling due to
-    # it, the claim's now() in Unix seconds].
-    slot: list[float] | None = None
     account_id: str | None = None  # its endpoint's account
     record: str | None = None  # the record the event is about ('deals:42'), when it names one
     sequence: int | None = None  # the event's place among its record's events, from 1
+    # Rate-limited only: [seconds from the claim's now() to its slot, seconds from falling due to
+    # it, the claim's now() in Unix seconds].
+    slot: list[float] | None = None
     start_at: float = 0.0  # rate-limited only: the time.monotonic() its attempt may start
     give_up_at: float = 0.0  # rate-limited only: a start later than this would crowd the next
 
@@ -114,17 +114,29 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("select set_config('jit', 'off', false)")
 
 
-def claim_statement(walk: bool) -> LiteralString:
+def claim_statement(walk: bool, limits: bool = False) -> LiteralString:
     """The claim, with its endpoints in turn found by walking the pending index (`walk`, for
-    installations with more than 100 enabled endpoints) or by asking each enabled endpoint."""
-    turn = Q["deliveries_claim_turn_walk" if walk else "deliveries_claim_turn_each"]
-    template = Q["deliveries_claim"]
-    if "\n-- turn\n" not in template:
-        raise RuntimeError("sql/queries/deliveries.sql: deliveries_claim has no `-- turn` line")
-    return template.replace("\n-- turn\n", "\n" + turn + "\n", 1)
+    installations with more than 100 enabled endpoints) or by asking each enabled endpoint; with
+    `limits`, taking rate-limited endpoints' slots too (some enabled endpoint has a limit)."""
+    suffix = "_limited" if limits else ""
+    statement = Q["deliveries_claim"]
+    for line, fragment in (
+        ("-- turn", ("deliveries_claim_turn_walk" if walk else "deliveries_claim_turn_each")),
+        ("-- due", "deliveries_claim_due"),
+        ("-- slot", "deliveries_claim_slot"),
+    ):
+        marker = "\n" + line + "\n"
+        if marker not in statement:
+            raise RuntimeError(f"sql/queries/deliveries.sql: deliveries_claim has no `{line}` line")
+        statement = statement.replace(marker, "\n" + Q[fragment + suffix] + "\n", 1)
+    return statement
 
 
-CLAIM = {walk: claim_statement(walk) for walk in (False, True)}
+CLAIM = {
+    (walk, limits): claim_statement(walk, limits)
+    for walk in (False, True)
+    for limits in (False, True)
+}
 DEFAULT_BREAKER = Breaker()
 # How late after its slot a rate-limited attempt may still start; later, it is handed back and
 # claimed again for a new slot. A limit of N a second then sees at most N * (1 + SLOT_GRACE + w)
@@ -133,8 +145,9 @@ DEFAULT_BREAKER = Breaker()
 SLOT_GRACE = 0.02
 # How long ClockLink trusts its reading of the database's clock before taking a fresh one.
 LINK_FRESH = 30.0
-# How often the relay counts its enabled endpoints to choose between the two claims.
-RECOUNT_SECONDS = 10.0
+# How often the relay looks at its enabled endpoints to choose its claim: walking or asking each,
+# with rate limits or without (an endpoint given the first limit waits until the relay looks).
+RECOUNT_SECONDS = 1.0
 
 
 class Store:
@@ -158,6 +171,7 @@ class Store:
         )
         self._turns = Turns()  # where the latest claim got to: the next starts after it
         self._walk = False  # more than 100 enabled endpoints: claim by walking the pending index
+        self._limits = False  # an enabled endpoint has a rate limit: claim with its fragments
         self._counted = float("-inf")  # when the enabled endpoints were last counted
         self._clock = ClockLink()  # the database's clock, for rate-limited deliveries' slots
 
@@ -180,9 +194,10 @@ class Store:
             if now - self._counted >= RECOUNT_SECONDS:
                 cur = await conn.execute(Q["endpoints_many"])
                 row = await cur.fetchone()
-                self._walk, self._counted = bool(row and row[0]), now
+                self._walk, self._limits = (bool(row[0]), bool(row[1])) if row else (False, False)
+                self._counted = now
             sent = time.monotonic()
-            cur = await conn.execute(CLAIM[self._walk], params)
+            cur = await conn.execute(CLAIM[self._walk, self._limits], params)
             rows = await cur.fetchall()
         claimed = [Claimed(*row) for row in rows]
         if claimed:

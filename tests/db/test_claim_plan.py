@@ -46,25 +46,28 @@ def test_claim_uses_the_pending_index_over_a_million_pending(conn: psycopg.Conne
     conn.execute("analyze outbox.deliveries")
     conn.execute("analyze outbox.endpoints")
 
-    claim = claim_statement(walk=False)
-    with conn.transaction():
-        row = conn.execute(
-            "explain (format json) " + claim,
-            {"limit": 100, "lease": 45.0, "busy": [], **Turns().params()},
-        ).fetchone()
-    assert row is not None
-    plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
-    nodes = _plan_nodes(plan[0]["Plan"])
-    scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
+    # With rate limits too: an endpoint's due delivery is looked for in the index, not by a scan.
+    for limits in (False, True):
+        claim = claim_statement(walk=False, limits=limits)
+        with conn.transaction():
+            row = conn.execute(
+                "explain (format json) " + claim,
+                {"limit": 100, "lease": 45.0, "busy": [], **Turns().params()},
+            ).fetchone()
+        assert row is not None
+        plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
+        nodes = _plan_nodes(plan[0]["Plan"])
+        scans = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes]
 
-    on_deliveries = [s for s in scans if s[1] == "deliveries"]
-    assert on_deliveries, scans
-    assert all(kind != "Seq Scan" for kind, _, _ in on_deliveries), scans
-    assert any(index == "deliveries_pending_idx" for _, _, index in on_deliveries), scans
-    searched = {index for _, _, index in on_deliveries} - {None, "deliveries_pkey"}
-    assert searched == {"deliveries_pending_idx"}, scans
-    # The LIMIT sits inside the materialized CTE, under the row locks: only LIMIT rows are locked.
-    assert any(n["Node Type"] == "LockRows" for n in nodes), scans
+        on_deliveries = [s for s in scans if s[1] == "deliveries"]
+        assert on_deliveries, scans
+        assert all(kind != "Seq Scan" for kind, _, _ in on_deliveries), scans
+        assert any(index == "deliveries_pending_idx" for _, _, index in on_deliveries), scans
+        searched = {index for _, _, index in on_deliveries} - {None, "deliveries_pkey"}
+        assert searched == {"deliveries_pending_idx"}, scans
+        # The LIMIT sits inside the materialized CTE, under the row locks: only LIMIT rows are
+        # locked.
+        assert any(n["Node Type"] == "LockRows" for n in nodes), scans
 
 
 def _rows_read(node: dict[str, Any]) -> int:
@@ -204,7 +207,7 @@ def test_endpoints_with_nothing_pending_cost_the_claim_and_the_idle_probe_nothin
     conn.execute("analyze outbox.deliveries")
     conn.execute("analyze outbox.endpoints")
     deliveries = queries("deliveries")
-    assert conn.execute(deliveries["endpoints_many"]).fetchone() == (True,)
+    assert conn.execute(deliveries["endpoints_many"]).fetchone() == (True, False)  # no limits
     walk = claim_statement(walk=True)
 
     for after in ("", "ep_0700", "ep_0200"):

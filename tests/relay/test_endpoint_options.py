@@ -24,6 +24,7 @@ from . import (
     add_endpoint,
     attempts,
     check_request,
+    drive,
     emit_one,
     header,
     only_delivery,
@@ -75,7 +76,8 @@ async def test_each_change_holds_for_the_next_attempt_of_a_pending_delivery(
             assert header(receiver.requests[-1], "X-Tenant") == "acme"
 
             update(db_url, endpoint.id, rate_limit=5, rate_limit_given=True)
-            await relay.run_once()
+            # The relay takes up rate limits when it next looks at its endpoints (each second).
+            await drive(relay, lambda: len(receiver.requests) >= 4)
             paced = conn.execute(
                 "select rate_next_at is not null from outbox.endpoints where id = %s",
                 [endpoint.id],
