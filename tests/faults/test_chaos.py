@@ -70,9 +70,10 @@ class Ledger:
         doomed share always gets a 2xx at the ladder's last rung, so it must end delivered; a
         doomed pair never does, so it must end failed."""
         name = str(json.loads(request.body)["data"]["first_name"])
-        attempt = int(request.headers["X-Stover-Attempt"])
-        event_id = request.headers["webhook-id"]
-        assert event_id == request.headers["X-Stover-Event-Id"]
+        headers = {key.lower(): value for key, value in request.headers.items()}  # any case
+        attempt = int(headers["x-stover-attempt"])
+        event_id = headers["webhook-id"]
+        assert event_id == headers["x-stover-event-id"]
         with self.lock:
             nth = self.sent[(request.path, name, attempt)]
             self.sent[(request.path, name, attempt)] += 1
