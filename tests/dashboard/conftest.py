@@ -44,9 +44,11 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole session."""
+    """One headless Chromium for a module's tests. Not for the session: Playwright's synchronous
+    API keeps an event loop running in the main thread while it is open, and later tests that
+    call asyncio.run() there would find it."""
     missing = _browser_missing()
     if missing is not None:
         if REQUIRE:
