@@ -55,8 +55,11 @@ def delivering(
     The receiver takes 20 ms an answer and the relay 8 at a time: a backlog of 200 drains
     for half a second at least, through several rounds of --vacuum-every."""
 
-    def all_delivered() -> bool:
-        return all(d["status"] == "delivered" for d in deliveries(conn))
+    def delivered(n: int) -> bool:
+        # Counted, not just all delivered: until the relay fans an event out, it has no
+        # delivery, and "all of none" would let the next event go before this one is delivered.
+        rows = deliveries(conn)
+        return len(rows) == n and all(d["status"] == "delivered" for d in rows)
 
     with receiving(default=lambda _: (200, b"ok", 0.02)) as receiver:
         add_endpoint(conn, receiver.url("/hook"))
@@ -69,10 +72,10 @@ def delivering(
             env, log, "--vacuum-every", vacuum_every, "--per-endpoint", "8", "--batch", "8"
         )
         try:
-            wait_until(all_delivered, what="delivery of the backlog")
-            for _ in range(trickle):
+            wait_until(lambda: delivered(backlog), what="delivery of the backlog")
+            for n in range(backlog + 1, backlog + trickle + 1):
                 emit_one(conn)
-                wait_until(all_delivered, what="delivery")
+                wait_until(lambda n=n: delivered(n), what="delivery")
             yield
         finally:
             assert stop(relay) == 0
