@@ -409,17 +409,21 @@ begin
          and ep.id is distinct from ev.subject
     ),
     placed as (
-        select m.*,
-               m.ordered and (
-                   row_number() over (partition by m.ordered, m.endpoint_id, m.record
-                                      order by m.sequence) > 1
-                   or exists (select 1 from outbox.deliveries d
-                              where d.endpoint_id = m.endpoint_id
-                                and d.record = m.record collate "C"
-                                and d.status = 'pending'
-                                and d.ordered)
-               ) as held
+        select m.*, false as held
         from matched m
+        where not m.ordered
+        union all
+        -- Only ordered deliveries are ranked within their (endpoint, record) pair: a step with
+        -- none sorts nothing here.
+        select m.*,
+               row_number() over (partition by m.endpoint_id, m.record order by m.sequence) > 1
+               or exists (select 1 from outbox.deliveries d
+                          where d.endpoint_id = m.endpoint_id
+                            and d.record = m.record collate "C"
+                            and d.status = 'pending'
+                            and d.ordered)
+        from matched m
+        where m.ordered
     ),
     written as (
         insert into outbox.deliveries
