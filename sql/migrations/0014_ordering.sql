@@ -560,6 +560,27 @@ begin
     end if;
     if exists (select from pg_roles where rolname = 'outbox_account') then
         grant insert (ordered), update (ordered) on outbox.endpoints to outbox_account;
+        -- Redelivering to an ordered endpoint locks the records' rows (outbox.hold_ordered),
+        -- which takes the right to update one of their columns.
+        grant select, update (sequence) on outbox.records to outbox_account;
+    end if;
+end
+$$;
+
+-- Records have no account of their own: an account sees the records of its own ordered
+-- deliveries still pending (those it can redeliver behind), through its deliveries' policy.
+alter table outbox.records enable row level security;
+create policy unconfined on outbox.records
+    using ((select not outbox.confined())) with check ((select not outbox.confined()));
+do $$
+begin
+    if exists (select from pg_roles where rolname = 'outbox_relay') then
+        create policy relay on outbox.records to outbox_relay using (true) with check (true);
+    end if;
+    if exists (select from pg_roles where rolname = 'outbox_account') then
+        create policy own_account on outbox.records to outbox_account
+            using (key in (select d.record from outbox.deliveries d
+                           where d.ordered and d.status = 'pending'));
     end if;
 end
 $$;

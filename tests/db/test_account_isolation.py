@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from outbox.db import admin
+
 from .conftest import connect_as
 from .rows import fan_out
 
@@ -159,3 +161,49 @@ def test_the_relay_and_writers_are_not_confined(conn: Conn, db_url: str, login: 
     relay = login("outbox_relay")
     with connect_as(db_url, relay) as c:
         assert counts(c) == dict.fromkeys(TABLES, 3)
+
+
+def test_the_account_role_redelivers_its_ordered_deliveries_and_sees_only_its_records(
+    conn: Conn, db_url: str, login: Any
+) -> None:
+    """Redelivering to an ordered endpoint locks the record's row (outbox.hold_ordered) and may
+    release its next delivery: an account may do it for its own records, and sees no other's."""
+    ids = {}
+    for account in ("1", "2"):
+        row = conn.execute(
+            "insert into outbox.endpoints (url, event_types, account_id, ordered)"
+            " values ('http://127.0.0.1:9/hook', '{*}', %s, true) returning id",
+            [account],
+        ).fetchone()
+        assert row is not None
+        ids[account] = row[0]
+        for n in (1, 2):
+            conn.execute(
+                "select outbox.emit('app.thing', jsonb_build_object('n', %s::int),"
+                " account => %s, key => 'thing:' || %s)",
+                [n, account, account],
+            )
+    fan_out(conn)
+    # Account 2's first delivery failed; its second waits behind it, and is released.
+    conn.execute(
+        "update outbox.deliveries set status = 'failed', next_attempt_at = null"
+        " where account_id = '2' and sequence = 1"
+    )
+    conn.execute("select outbox.release_next(array[%s], array['thing:2'])", [ids["2"]])
+    first, second = conn.execute(
+        "select id, next_attempt_at is not null from outbox.deliveries"
+        " where account_id = '2' order by sequence"
+    ).fetchall()
+    assert second[1]
+    portal = login("outbox_account")
+    with connect_as(db_url, portal) as c:
+        c.execute("set outbox.account = '2'")
+        assert [r[0] for r in c.execute("select key from outbox.records").fetchall()] == ["thing:2"]
+        redelivered = admin.redeliver(c, [first[0]])
+        assert redelivered.requeued == [first[0]]
+    # The old delivery goes after the one of its record that is due already.
+    rows = conn.execute(
+        "select id, status, next_attempt_at is not null from outbox.deliveries"
+        " where account_id = '2' order by sequence"
+    ).fetchall()
+    assert rows == [(first[0], "pending", False), (second[0], "pending", True)]
