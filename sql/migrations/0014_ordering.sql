@@ -32,18 +32,21 @@
 alter table outbox.events add column record text collate "C", add column written_at pg_lsn;
 alter table outbox.events alter column written_at set default pg_current_wal_insert_lsn();
 
--- Which table's rows an entity's events are about, and their key column.
+-- Which table's rows an entity's events are about, and their key column. `source` is the keys'
+-- prefix: the table's name, or schema.name when another entity's table has that name already.
 create table outbox.record_sources (
-    entity     text primary key,
-    source     text not null,
-    key_column text not null
+    entity      text primary key,
+    source      text not null,
+    key_column  text not null,
+    schema_name text not null,
+    table_name  text not null
 );
-insert into outbox.record_sources (entity, source, key_column) values
-    ('contact', 'contacts', 'id'),
-    ('company', 'companies', 'id'),
-    ('deal', 'deals', 'id'),
-    ('post', 'posts', 'id'),
-    ('attribution', 'attribution_events', 'id');
+insert into outbox.record_sources (entity, source, key_column, schema_name, table_name) values
+    ('contact', 'contacts', 'id', 'stover', 'contacts'),
+    ('company', 'companies', 'id', 'stover', 'companies'),
+    ('deal', 'deals', 'id', 'stover', 'deals'),
+    ('post', 'posts', 'id', 'stover', 'posts'),
+    ('attribution', 'attribution_events', 'id', 'stover', 'attribution_events');
 
 -- Each record's last sequence number. Kept when its events are pruned, so numbers never restart.
 create table outbox.records (
@@ -202,12 +205,21 @@ begin
     if 'updated' = any(actions) then
         perform outbox.register_event_type(entity || '.updated', entity || ' modified');
     end if;
-    -- The table's events name their record: '<table>:<primary key>' (outbox.record_sources).
+    -- The table's events name their record: '<table>:<primary key>' (outbox.record_sources),
+    -- '<schema>.<table>:<primary key>' when another entity's table has the same name.
     if coalesce(cardinality(pk_columns), 0) = 1 then
-        insert into outbox.record_sources (entity, source, key_column)
-        select entity, c.relname, pk_columns[1] from pg_class c where c.oid = target
+        insert into outbox.record_sources as r (entity, source, key_column, schema_name, table_name)
+        select entity,
+               case when exists (select 1 from outbox.record_sources o
+                                 where o.entity <> attach.entity and o.table_name = c.relname
+                                   and o.schema_name <> n.nspname)
+                    then n.nspname || '.' || c.relname else c.relname end,
+               pk_columns[1], n.nspname, c.relname
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.oid = target
         on conflict on constraint record_sources_pkey do update
-        set source = excluded.source, key_column = excluded.key_column;
+        set source = excluded.source, key_column = excluded.key_column,
+            schema_name = excluded.schema_name, table_name = excluded.table_name;
     end if;
     foreach action in array array['created', 'updated', 'deleted'] loop
         continue when not action = any(actions);

@@ -271,3 +271,14 @@ def test_a_redelivered_or_replayed_delivery_takes_its_turn_on_an_ordered_endpoin
     assert done is not None
     assert done.created == 3
     assert due_by_record(conn, late)[key] == [(1, True), (2, False), (3, False)]
+
+
+def test_a_second_table_of_the_same_name_keys_its_records_with_its_schema(conn: Conn) -> None:
+    conn.execute("create table public.deals (id int primary key, name text)")
+    conn.execute("select outbox.attach('public.deals', 'sale')")
+    conn.execute("insert into public.deals values (1, 'one')")
+    conn.execute("insert into stover.deals (name) values ('Acme') returning id")
+    fan_out(conn)
+    keys = {(t, k) for t, k, _ in numbered(conn)}
+    stover_id = scalar(conn, "select max(id) from stover.deals")
+    assert keys == {("sale.created", "public.deals:1"), ("deal.created", f"deals:{stover_id}")}
