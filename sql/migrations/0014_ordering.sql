@@ -259,11 +259,19 @@ end
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Fan-out: 0011's, with each event's record and where it was written.
+-- Fan-out: 0011's, with each event's record and where it was written, and a transaction larger than
+-- a step written in parts (outbox.fan_out_splits; docs/fan-out.md).
+-- Transactions being fanned out in parts (outbox.fan_out): the cursor has passed them, and each
+-- step writes the deliveries of the next max_events of their events, after `after_id`.
+create table outbox.fan_out_splits (
+    xid      bigint primary key,
+    after_id text collate "C" not null
+);
+
 drop function outbox.events_between(pg_snapshot, pg_snapshot);
 create function outbox.events_between(prev pg_snapshot, upto pg_snapshot)
 returns table (id text, type text, created_at timestamptz, account_id text, subject text,
-               record text, written_at pg_lsn)
+               record text, written_at pg_lsn, xid bigint)
 language sql stable parallel safe as $$
     select e.id, e.type, e.created_at, e.account_id,
            case when starts_with(e.type, 'outbox.') then e.data ->> 'endpoint_id' end,
@@ -271,7 +279,7 @@ language sql stable parallel safe as $$
                     (select s.source || ':' || (e.data ->> s.key_column)
                      from outbox.record_sources s
                      where s.entity = split_part(e.type, '.', 1))),
-           e.written_at
+           e.written_at, e.xid::text::bigint
     from (
         select pg_snapshot_xmax(prev)::text::bigint as lo, pg_snapshot_xmax(upto)::text::bigint as hi
         union all
@@ -293,6 +301,38 @@ language sql stable parallel safe as $$
       and not pg_visible_in_snapshot(e.xid, prev)
 $$;
 
+create or replace function outbox.fan_out_due() returns boolean
+language plpgsql stable as $$
+begin
+    return exists (
+        select 1
+        from outbox.fan_out_cursor c
+        cross join lateral outbox.events_between(c.snapshot, pg_current_snapshot()) b
+        where c.name = 'main'
+    ) or exists (select 1 from outbox.fan_out_splits);
+end
+$$;
+
+-- 0007's, counting the events of transactions being fanned out in parts that wait for theirs.
+create or replace function outbox.fan_out_lag(out events bigint, out oldest_age_s float8)
+language plpgsql stable as $$
+begin
+    select count(*),
+           coalesce(extract(epoch from clock_timestamp() - min(w.created_at)), 0)::float8
+    into events, oldest_age_s
+    from (
+        select b.created_at
+        from outbox.fan_out_cursor c
+        cross join lateral outbox.events_between(c.snapshot, pg_current_snapshot()) b
+        where c.name = 'main'
+        union all
+        select e.created_at
+        from outbox.fan_out_splits s
+        join outbox.events e on e.id > s.after_id and e.id < outbox.xid_key(s.xid + 1)
+    ) w;
+end
+$$;
+
 create or replace function outbox.fan_out(max_events integer default 10000,
                                           out events integer, out deliveries integer,
                                           out more boolean)
@@ -308,6 +348,10 @@ declare
     subjects text[];
     records text[];
     sequences bigint[];
+    splitting bigint[];
+    part record;
+    part_size integer;
+    part_events integer := greatest(max_events / 5, 1);
 begin
     events := 0;
     deliveries := 0;
@@ -355,7 +399,7 @@ begin
     -- The step's events, each record's numbered in the order they were written. The upsert locks
     -- the records' rows, in key order, until the step commits.
     with ev as materialized (
-        select b.id, b.type, b.created_at, b.account_id, b.subject, b.record, b.written_at
+        select b.id, b.type, b.created_at, b.account_id, b.subject, b.record, b.written_at, b.xid
         from outbox.events_between(prev, upto) b
     ),
     keyed as materialized (
@@ -380,13 +424,79 @@ begin
         insert into outbox.event_records (event_id, record, sequence)
         select n.id, n.record, n.sequence from numbered n
         on conflict (event_id) do nothing
+    ),
+    -- A transaction of more than max_events events is fanned out in parts, a step at a time
+    -- (outbox.fan_out_splits), so the transactions after it need not wait for all of it; unless
+    -- an ordered endpoint could get its events, which must then go whole, in order.
+    large as (
+        select ev.xid, array_agg(distinct ev.account_id) as accounts
+        from ev
+        group by ev.xid
+        having count(*) > max_events
+    ),
+    split as (
+        select coalesce(array_agg(l.xid), '{}') as xids
+        from large l
+        where not exists (select 1 from outbox.endpoints ep
+                          where ep.ordered
+                            and (ep.account_id is null or ep.account_id = any (l.accounts)))
     )
-    select array_agg(ev.id), array_agg(ev.type), array_agg(ev.created_at),
-           array_agg(ev.account_id), array_agg(ev.subject), array_agg(n.record),
-           array_agg(n.sequence)
-    into ids, types, created, accounts, subjects, records, sequences
+    select array_agg(ev.id) filter (where not ev.xid = any (s.xids)),
+           array_agg(ev.type) filter (where not ev.xid = any (s.xids)),
+           array_agg(ev.created_at) filter (where not ev.xid = any (s.xids)),
+           array_agg(ev.account_id) filter (where not ev.xid = any (s.xids)),
+           array_agg(ev.subject) filter (where not ev.xid = any (s.xids)),
+           array_agg(n.record) filter (where not ev.xid = any (s.xids)),
+           array_agg(n.sequence) filter (where not ev.xid = any (s.xids)),
+           min(s.xids)
+    into ids, types, created, accounts, subjects, records, sequences, splitting
     from ev
-    left join numbered n on n.id = ev.id;
+    left join numbered n on n.id = ev.id
+    cross join split s;
+    if cardinality(splitting) > 0 then
+        insert into outbox.fan_out_splits (xid, after_id)
+        select x, outbox.xid_key(x) from unnest(splitting) x;
+    end if;
+    -- The next part of the oldest transaction being fanned out in parts: its events were
+    -- numbered with the rest of their step. A part is a fifth of a step, so that the events
+    -- committed after an import wait for little more than one step of it, which writes its
+    -- events' deliveries to every endpoint of the account (20 each, say).
+    select s.xid, s.after_id into part
+    from outbox.fan_out_splits s
+    where not s.xid = any (coalesce(splitting, '{}'))  -- from the next step: this one numbered it
+    order by s.xid
+    limit 1;
+    if found then
+        with chunk as (
+            select e.id, e.type, e.created_at, e.account_id,
+                   case when starts_with(e.type, 'outbox.') then e.data ->> 'endpoint_id' end
+                       as subject,
+                   r.record, r.sequence
+            from outbox.events e
+            left join outbox.event_records r on r.event_id = e.id
+            where e.id > part.after_id and e.id < outbox.xid_key(part.xid + 1)
+            order by e.id
+            limit part_events
+        )
+        select coalesce(ids, '{}') || coalesce(array_agg(c.id order by c.id), '{}'),
+               coalesce(types, '{}') || coalesce(array_agg(c.type order by c.id), '{}'),
+               coalesce(created, '{}') || coalesce(array_agg(c.created_at order by c.id), '{}'),
+               coalesce(accounts, '{}') || coalesce(array_agg(c.account_id order by c.id), '{}'),
+               coalesce(subjects, '{}') || coalesce(array_agg(c.subject order by c.id), '{}'),
+               coalesce(records, '{}') || coalesce(array_agg(c.record order by c.id), '{}'),
+               coalesce(sequences, '{}') || coalesce(array_agg(c.sequence order by c.id), '{}'),
+               count(*), max(c.id)
+        into ids, types, created, accounts, subjects, records, sequences, part_size, part.after_id
+        from chunk c;
+        if part_size < part_events then
+            delete from outbox.fan_out_splits s where s.xid = part.xid;
+        else
+            update outbox.fan_out_splits s set after_id = part.after_id where s.xid = part.xid;
+        end if;
+        more := more or part_size = part_events
+                or exists (select 1 from outbox.fan_out_splits s where s.xid <> part.xid);
+    end if;
+    more := more or cardinality(splitting) > 0;
     events := coalesce(cardinality(ids), 0);
     -- A statement of its own, whose snapshot sees every completion that committed while the
     -- upsert above waited for its rows: a delivery to an ordered endpoint is held when an earlier
@@ -569,6 +679,7 @@ begin
         grant select on outbox.record_sources to outbox_relay;
         grant select, insert, update on outbox.records to outbox_relay;
         grant select, insert on outbox.event_records to outbox_relay;
+        grant select, insert, update, delete on outbox.fan_out_splits to outbox_relay;
     end if;
     if exists (select from pg_roles where rolname = 'outbox_account') then
         grant insert (ordered), update (ordered) on outbox.endpoints to outbox_account;

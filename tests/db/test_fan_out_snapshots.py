@@ -128,12 +128,80 @@ def test_steps_are_bounded_and_together_fan_out_everything_once(conn: Conn) -> N
     assert step(conn) == (0, 0, False)
 
 
-def test_one_transaction_larger_than_a_step_is_fanned_out_whole(conn: Conn) -> None:
+def steps(conn: Conn, max_events: int) -> list[tuple[int, int, bool]]:
+    """Steps of `max_events` until one leaves nothing behind."""
+    taken = [step(conn, max_events)]
+    while taken[-1][2]:
+        taken.append(step(conn, max_events))
+        assert len(taken) < 100, "fan-out never finished"
+    return taken
+
+
+def test_a_transaction_larger_than_a_step_goes_in_parts_and_later_ones_pass_it(
+    conn: Conn,
+) -> None:
     endpoint(conn)
     conn.execute(
         "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 50) g"
     )
-    assert step(conn, 10) == (50, 50, False)
+    last = conn.execute("select max(id) from stover.contacts").fetchone()
+    assert last is not None
+    conn.execute("update stover.contacts set first_name = 'later' where id = %s", [last[0]])
+    taken = steps(conn, 10)
+    # The step that finds the large transaction numbers its events; each later step writes the
+    # next part, a fifth of a step (2 events), and the update passes the 48 still waiting.
+    assert taken[0] == (0, 0, True)
+    assert taken[1] == (3, 3, True)
+    assert all(t[:2] == (2, 2) for t in taken[2:-1])
+    assert sum(t[0] for t in taken) == 51
+    assert sorted(delivered_events(conn)) == sorted(
+        r[0] for r in conn.execute("select id from outbox.events")
+    )
+    updated = conn.execute(
+        "select d.id from outbox.deliveries d join outbox.events e on e.id = d.event_id"
+        " where e.type = 'contact.updated'"
+    ).fetchone()
+    created = conn.execute(
+        "select d.id from outbox.deliveries d join outbox.events e on e.id = d.event_id"
+        " where e.type = 'contact.created' and (e.data ->> 'id')::bigint = %s",
+        [last[0]],
+    ).fetchone()
+    assert updated is not None and created is not None
+    assert updated[0] < created[0]  # written before the large transaction's last part
+    # and numbered after it: the record's order is the order of the writes
+    rows = conn.execute(
+        "select e.type, r.sequence from outbox.event_records r"
+        " join outbox.events e on e.id = r.event_id where r.record = %s order by r.sequence",
+        [f"contacts:{last[0]}"],
+    ).fetchall()
+    assert rows == [("contact.created", 1), ("contact.updated", 2)]
+    assert count(conn, "outbox.fan_out_splits") == 0
+
+
+def test_a_large_transaction_goes_whole_where_an_ordered_endpoint_could_get_it(
+    conn: Conn,
+) -> None:
+    endpoint(conn)
+    conn.execute(
+        "insert into outbox.endpoints (url, event_types, ordered, enabled)"
+        " values ('http://127.0.0.1:9/ordered', '{deal.*}', true, false)"
+    )
+    conn.execute(
+        "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 50) g"
+    )
+    assert step(conn, 10)[:2] == (50, 50)  # all of it in one step
+    assert count(conn, "outbox.fan_out_splits") == 0
+
+
+def test_the_lag_counts_a_large_transactions_events_still_waiting(conn: Conn) -> None:
+    endpoint(conn)
+    conn.execute(
+        "insert into stover.contacts (first_name) select 'c' || g from generate_series(1, 50) g"
+    )
+    assert step(conn, 10) == (0, 0, True)
+    assert step(conn, 10) == (2, 2, True)
+    row = conn.execute("select events from outbox.fan_out_lag()").fetchone()
+    assert row == (48,)
 
 
 def test_one_relay_steps_at_a_time_and_the_others_skip(conn: Conn, db_url: str) -> None:
