@@ -126,6 +126,18 @@ class BenchDb:
         """Accounts 1 to `count` in stover.accounts."""
         self.conn.execute(Q["bench_accounts_add"], {"count": count})
 
+    def import_contacts(self, rows: int, *, account: int) -> None:
+        """Commit `rows` contacts of `account` in one INSERT (one transaction, `rows` events)."""
+        self.conn.execute(Q["bench_contacts_import"], {"rows": rows, "account": account})
+
+    def fanned_out(self) -> bool:
+        """Whether every committed event has its deliveries (no transaction left in parts)."""
+        return bool(self._value("bench_fanned_out", {}))
+
+    def enable_account(self, account: str, *, on: bool) -> None:
+        """Switch every endpoint of `account` on or off."""
+        self.conn.execute(Q["bench_account_enable"], {"account": account, "enabled": on})
+
     def enable(self, endpoint_id: str, *, on: bool) -> None:
         self.conn.execute(Q["bench_endpoint_enable"], {"id": endpoint_id, "enabled": on})
 
@@ -178,8 +190,16 @@ class BenchDb:
         self.conn.execute(Q["bench_endpoints_analyze"])
 
     def reset_outbox(self) -> None:
-        """Empty events, deliveries and attempts (the fan-out cursor stays valid)."""
-        self.conn.execute(Q["bench_outbox_reset"])
+        """Empty events, deliveries and attempts (the fan-out cursor stays valid). TRUNCATE
+        takes its tables one by one, so a relay's step that took them in another order can make
+        it a deadlock's victim: it is tried again."""
+        for tries_left in (2, 1, 0):
+            try:
+                self.conn.execute(Q["bench_outbox_reset"])
+                return
+            except psycopg.errors.DeadlockDetected:
+                if not tries_left:
+                    raise
 
     def fan_out_step(self, max_events: int) -> tuple[int, int, bool]:
         """One outbox.fan_out() step: (events, deliveries written, whether events were left)."""

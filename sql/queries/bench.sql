@@ -228,6 +228,19 @@ values ('Ada', 'Lovelace', 'ada@example.com', '+44 20 7946 0000', '{"source": "b
         %(account)s::bigint)
 returning id;
 
+-- name: bench_contacts_import
+-- %(rows)s contacts of account %(account)s in one statement: one transaction of that many events.
+insert into stover.contacts (first_name, last_name, email, custom_fields, account_id)
+select 'Imported', 'Contact ' || g, 'import.' || g || '@example.com', '{"source": "import"}',
+       %(account)s::bigint
+from generate_series(1, %(rows)s::integer) g;
+
+-- name: bench_fanned_out
+select (select events from outbox.fan_out_lag()) = 0;
+
+-- name: bench_account_enable
+update outbox.endpoints set enabled = %(enabled)s::boolean where account_id = %(account)s::text;
+
 -- name: bench_server_version
 select current_setting('server_version');
 
@@ -258,7 +271,7 @@ from generate_series(1, 100) g;
 
 
 -- name: bench_outbox_reset
-truncate outbox.attempts, outbox.deliveries, outbox.events;
+truncate outbox.attempts, outbox.deliveries, outbox.events, outbox.fan_out_splits;
 
 -- name: bench_record_events_insert
 -- %(records)s records, deals %(first)s onwards, each updated %(updates)s times in turn (every

@@ -33,7 +33,13 @@ TARGETS = {
         )
     },
     "fanout": {"deliveries_per_s"},
-    "accounts": {"many_over_one", "b_p99_ms_a_draining", "b_p99_ratio", "a_drain_ratio"},
+    "accounts": {
+        "many_over_one",
+        "b_p99_ms_a_draining",
+        "b_p99_ratio",
+        "a_drain_ratio",
+        "b_p99_ms_a_importing",
+    },
     "deliver": {
         "deliveries_per_s",
         "ratio_to_aiohttp",
