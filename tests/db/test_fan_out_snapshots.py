@@ -166,7 +166,8 @@ def test_a_transaction_larger_than_a_step_goes_in_parts_and_later_ones_pass_it(
         " where e.type = 'contact.created' and (e.data ->> 'id')::bigint = %s",
         [last[0]],
     ).fetchone()
-    assert updated is not None and created is not None
+    assert updated is not None
+    assert created is not None
     assert updated[0] < created[0]  # written before the large transaction's last part
     # and numbered after it: the record's order is the order of the writes
     rows = conn.execute(
