@@ -109,39 +109,50 @@ def _b_alone(setup: _Setup, seconds: float, label: str) -> float:
     return p99
 
 
+class _BWriter:
+    """B writing `seconds` of contacts in a thread of its own (the caller's thread measures)."""
+
+    def __init__(self, setup: _Setup, seconds: float, label: str) -> None:
+        self.seconds = seconds
+        self.writes: list[writer.Writes] = []
+        self.failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                quiet = Progress("accounts")  # the caller reports progress
+                self.writes.append(
+                    writer.paced(setup.url, B_RATE, seconds, progress=quiet, label=label, account=B)
+                )
+            except BaseException as exc:  # raised in the caller's thread by done()
+                self.failed.append(exc)
+
+        self.thread = threading.Thread(target=write, daemon=True)
+
+    def done(self) -> writer.Writes:
+        self.thread.join(self.seconds + 120)
+        if self.failed:
+            raise self.failed[0]
+        if not self.writes:
+            raise OutboxError("B's writer did not finish")
+        return self.writes[0]
+
+
 def _a_beside_b(setup: _Setup, seconds: float, label: str) -> tuple[float, float, int]:
     """A's drain while B writes for `seconds` from its start: A's rate, B's p99 over the events
     committed while A's deliveries were arriving, and how many those were."""
     setup.rx.record(on=True)
     setup.rx.records()
-    b_writes: list[writer.Writes] = []
-    failed: list[BaseException] = []
-
-    def write_b() -> None:
-        try:
-            quiet = Progress("accounts")  # the drain reports progress
-            b_writes.append(
-                writer.paced(setup.url, B_RATE, seconds, progress=quiet, label=label, account=B)
-            )
-        except BaseException as exc:  # raised in the caller's thread below
-            failed.append(exc)
-
-    thread = threading.Thread(target=write_b, daemon=True)
+    b = _BWriter(setup, seconds, label)
 
     def start() -> None:
         setup.backlog_due()
-        thread.start()
+        b.thread.start()
 
     busy = setup.a_drain(label, start)
-    thread.join(seconds + 120)
-    if failed:
-        raise failed[0]
-    if not b_writes:
-        raise OutboxError("B's writer did not finish")
     during = writer.Writes(
         commits=[
             (contact, at)
-            for contact, at in b_writes[0].commits
+            for contact, at in b.done().commits
             if busy.window.first <= at <= busy.window.last
         ]
     )
@@ -157,29 +168,12 @@ def _b_beside_import(setup: _Setup, rows: int, seconds: float, label: str) -> tu
     setup.rx.reset()
     setup.rx.record(on=True)
     setup.rx.records()
-    b_writes: list[writer.Writes] = []
-    failed: list[BaseException] = []
-
-    def write_b() -> None:
-        try:
-            quiet = Progress("accounts")
-            b_writes.append(
-                writer.paced(setup.url, B_RATE, seconds, progress=quiet, label=label, account=B)
-            )
-        except BaseException as exc:  # raised in the caller's thread below
-            failed.append(exc)
-
-    thread = threading.Thread(target=write_b, daemon=True)
-    thread.start()
+    b = _BWriter(setup, seconds, label)
+    b.thread.start()
     setup.progress(f"{label}: A imports {rows:,} contacts")
     setup.db.import_contacts(rows, account=A)
     imported = time.time()
-    thread.join(seconds + 120)
-    if failed:
-        raise failed[0]
-    if not b_writes:
-        raise OutboxError("B's writer did not finish")
-    after = writer.Writes(commits=[(c, at) for c, at in b_writes[0].commits if at >= imported])
+    after = writer.Writes(commits=[(c, at) for c, at in b.done().commits if at >= imported])
     p99, count = setup.b_p99(after)
     setup.rx.record(on=False)
     # Emptying the outbox under a fan-out step can deadlock with it (TRUNCATE takes the tables
