@@ -8,10 +8,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from outbox import webserver
 from outbox.db import health
 from outbox.db.migrate import Migration, available
 from outbox.db.store import Claimed, Result
-from outbox.errors import OutboxError
 
 # A probe or scrape that takes longer than this reports the database as down rather than hang
 # the orchestrator's health check.
@@ -187,12 +187,7 @@ async def serve(
     host: str = "0.0.0.0",  # noqa: S104 - a sidecar's metrics are scraped from other hosts
 ) -> web.AppRunner:
     """Start serving /metrics and /healthz on host:port; the caller cleans the runner up."""
-    runner = web.AppRunner(make_app(url, observer), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OutboxError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    runner, _ = await webserver.start(
+        make_app(url, observer), host, port, what="serve metrics", shutdown_timeout=1.0
+    )
     return runner

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from outbox import signing
+from outbox import signing, webserver
 
 BODY_LIMIT = 16 * 1024 * 1024
 TOLERANCE_S = 300.0  # how far webhook-timestamp may be from this receiver's clock
@@ -107,14 +107,7 @@ def make_app(behaviour: Behaviour, report: Callable[[Seen], None]) -> web.Applic
 async def start(
     behaviour: Behaviour, report: Callable[[Seen], None], *, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
-    """Serve the receiver on host:port (0 picks a free port); returns the runner and the port."""
-    runner = web.AppRunner(make_app(behaviour, report), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
-    return runner, int(bound)
+    """Serve the receiver on host:port (0 picks a free port); returns the runner and the port.
+    A port that cannot be bound raises OutboxError."""
+    app = make_app(behaviour, report)
+    return await webserver.start(app, host, port, what="listen", shutdown_timeout=1.0)

@@ -13,7 +13,6 @@ from typing import Any
 from outbox import receiver, render
 from outbox.commands import shown
 from outbox.config import Settings
-from outbox.errors import OutboxError
 
 TYPE_WIDTH = 19  # attribution.tracked, the longest seed type
 ID_WIDTH = 30  # evt_ and 26 characters
@@ -141,10 +140,7 @@ async def _serve(behaviour: receiver.Behaviour, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        runner, bound = await receiver.start(behaviour, _print, host=host, port=port)
-    except OSError as exc:
-        raise OutboxError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    runner, bound = await receiver.start(behaviour, _print, host=host, port=port)
     shown = f"[{host}]" if ":" in host else host
     extras = []
     if behaviour.fail_rate:

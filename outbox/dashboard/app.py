@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from outbox import logs, render
+from outbox import logs, render, webserver
 from outbox.config import Settings
 from outbox.dashboard import access
 from outbox.db import admin, portal
@@ -255,16 +255,7 @@ def make_app(settings: Settings, db_url: str) -> web.Application:
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise OutboxError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
+    runner, bound = await webserver.start(app, host, port, what="listen")
     shown = f"[{host}]" if ":" in host else host
     logs.notice(f"dashboard: http://{shown}:{bound}/")
     stopping = asyncio.Event()
