@@ -35,6 +35,7 @@ TARGETS = {
     "fanout": {"deliveries_per_s"},
     "accounts": {
         "many_over_one",
+        "many_over_same_width",
         "b_p99_ms_a_draining",
         "b_p99_ratio",
         "a_drain_ratio",
