@@ -109,10 +109,13 @@ def _fanning_out(conn: Conn) -> bool:
     )
 
 
+# Many steps (20 transactions of 1,000 events, 5,000 a step) and two endpoints: 40,000 deliveries
+# through the test receiver, a minute or more while another suite shares the machine.
+@pytest.mark.timeout(400)
 def test_a_relay_killed_in_the_middle_of_a_fan_out_step_loses_and_doubles_nothing(
     conn: Conn, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    endpoints, events = 5, 20_000
+    endpoints, events = 2, 20_000
     with running_receiver() as receiver:
         for n in range(endpoints):
             add_endpoint(conn, receiver.url(f"/hook{n}"))
@@ -131,7 +134,7 @@ def test_a_relay_killed_in_the_middle_of_a_fan_out_step_loses_and_doubles_nothin
         assert mid < events * endpoints, "the relay fanned out everything before the kill"
         with relay_process(cli_env, log=tmp_path / "survivor.log") as survivor:
             wait_until(
-                lambda: all_delivered(conn, events * endpoints), timeout=90, what="all delivered"
+                lambda: all_delivered(conn, events * endpoints), timeout=300, what="all delivered"
             )
             assert stop(survivor) == 0
         requests = list(receiver.requests)
