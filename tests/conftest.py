@@ -3,8 +3,11 @@ test, cloned from a template that the real migrator built once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,13 +60,70 @@ def template_url(server_url: str) -> Iterator[str]:
         admin.execute(f'drop database if exists "{name}" with (force)')
 
 
-def create_database(server_url: str, template_url: str) -> tuple[str, str]:
-    """A fresh migrated database: (name, url)."""
-    template = psycopg.conninfo.conninfo_to_dict(template_url)["dbname"]
-    name = f"outbox_test_{os.getpid()}_{next(_counter)}"
-    with _admin(server_url) as admin:
-        admin.execute(f'create database "{name}" template "{template}"')
-    return name, _db_url(server_url, name)
+class Databases:
+    """Fresh databases cloned from the template, made one ahead and dropped after their test by
+    a thread of their own, so a test waits for neither (each costs ~50 ms to make and ~130 ms to
+    drop, over a thousand tests)."""
+
+    def __init__(self, server_url: str, template_url: str) -> None:
+        self.server_url = server_url
+        self.template = psycopg.conninfo.conninfo_to_dict(template_url)["dbname"]
+        self.ready: queue.Queue[tuple[str, str] | BaseException] = queue.Queue(maxsize=1)
+        self.spent: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="test-databases", daemon=True)
+        self.thread.start()
+
+    def take(self) -> tuple[str, str]:
+        """A fresh migrated database: (name, url)."""
+        got = self.ready.get(timeout=120)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def give_back(self, name: str) -> None:
+        self.spent.put(name)
+
+    def close(self) -> None:
+        self.spent.put(None)
+        self.thread.join(timeout=120)
+
+    def _work(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # told to the next take(), not lost in this thread
+            with contextlib.suppress(queue.Full):
+                self.ready.put_nowait(exc)
+
+    def _serve(self) -> None:
+        with _admin(self.server_url) as admin:
+            while True:
+                # Drop what tests have finished with first, then make the next one ahead.
+                while True:
+                    try:
+                        name = self.spent.get(timeout=0.01 if self.ready.full() else 0)
+                    except queue.Empty:
+                        break
+                    if name is None:
+                        self._drop_ready(admin)
+                        return
+                    admin.execute(f'drop database if exists "{name}" with (force)')
+                if not self.ready.full():
+                    name = f"outbox_test_{os.getpid()}_{next(_counter)}"
+                    admin.execute(f'create database "{name}" template "{self.template}"')
+                    self.ready.put((name, _db_url(self.server_url, name)))
+
+    def _drop_ready(self, admin: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(queue.Empty):
+            got = self.ready.get_nowait()
+            if not isinstance(got, BaseException):
+                admin.execute(f'drop database if exists "{got[0]}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def databases(server_url: str, template_url: str) -> Iterator[Databases]:
+    pool = Databases(server_url, template_url)
+    yield pool
+    pool.close()
 
 
 def drop_database(server_url: str, name: str) -> None:
@@ -72,11 +132,11 @@ def drop_database(server_url: str, name: str) -> None:
 
 
 @pytest.fixture
-def db_url(server_url: str, template_url: str) -> Iterator[str]:
+def db_url(databases: Databases) -> Iterator[str]:
     """Connection string of a fresh, migrated database for this test alone."""
-    name, url = create_database(server_url, template_url)
+    name, url = databases.take()
     yield url
-    drop_database(server_url, name)
+    databases.give_back(name)
 
 
 @pytest.fixture
