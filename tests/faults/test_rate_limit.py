@@ -24,12 +24,15 @@ EVENTS = 1000
 RATE = 100
 RELAYS = 3
 # Slots are 1/RATE apart; a relay starts each attempt within 20 ms of its slot or hands it back
-# (outbox.db.store.SLOT_GRACE), so RATE * 1.02 + 1 starts fit in a second at worst, as the
-# relays record them: allowed, 5% over the limit. The receiver, another process on the same
-# cores, stamps a request when its event loop gets to it; held up, it reads several at once.
-# Allowed there: 25% over (runs on 2 vCPUs shared at a load of 13 to 25 saw 102 to 111, and
-# 124 once; the relays' own record 103 and 104).
-STARTED_TOLERANCE = 5
+# (outbox.db.store.SLOT_GRACE), and reads the slots on its own clock to within its quickest
+# recent claim's round trip w, so RATE * (1.02 + w) + 1 starts fit in a second at worst, as the
+# relays record them. Beside an idle database w is under a millisecond; with three relays, the
+# database and two receivers sharing 2 vCPUs every claim can wait tens of ms for its event loop
+# (the relays recorded 103 and 104, and once 107): allowed, 10% over the limit. The receiver,
+# another process on the same cores, stamps a request when its event loop gets to it; held up,
+# it reads several at once. Allowed there: 25% over (runs on 2 vCPUs shared at a load of 13 to
+# 25 saw 102 to 111, and 124 once). Without the limit the 1,000 start within about a second.
+STARTED_TOLERANCE = 10
 ARRIVED_TOLERANCE = 25
 ARRIVALS = Path(__file__).with_name("arrivals.py")
 
