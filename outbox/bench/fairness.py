@@ -5,7 +5,8 @@ contact 20 times a second, each raising one event. Each round measures, in turn:
 arrival with A idle, A's drain alone, A's drain again while B writes, and B while A imports 100k
 contacts in one statement (two million deliveries to fan out and send). Fair claiming keeps B's
 latency near what it is with A idle, and costs A's drain little; fanning a large transaction out
-in parts lets B's events pass it.
+in parts lets B's events pass it. B's time is also told in its three stages (`Stages`), with A
+idle and while A drains, so a run shows which of them A's work stretches.
 """
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ P99_RATIO_TARGET = 3.0
 DRAIN_RATIO_TARGET = 0.90
 
 
+STAGES = ("fan_out", "claim", "send")
+
+
+@dataclass(frozen=True)
+class Stages:
+    """B's path in three stages, each the p99 in ms over the measured events: from the event's
+    transaction to its delivery written by a fan-out step, to its first attempt's start (the
+    claim and the hand-over to a worker), to its arrival at the receiver (the request)."""
+
+    fan_out: float
+    claim: float
+    send: float
+
+
+def stages(
+    path: list[tuple[str, float, float, float | None]],
+    records: list[tuple[str, float]],
+    measured: set[str],
+) -> Stages:
+    """`Stages` over the events in `measured`, from `BenchDb.account_path` and the receiver's
+    (event id, arrival) records; an event not yet attempted or not arrived is left out."""
+    first: dict[str, float] = {}
+    for event_id, at in records:
+        first.setdefault(event_id, at)
+    parts: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for event_id, made, written, started in path:
+        arrived = first.get(event_id)
+        if event_id not in measured or started is None or arrived is None:
+            continue
+        for part, (begin, end) in zip(
+            parts, ((made, written), (written, started), (started, arrived)), strict=True
+        ):
+            part.append((end - begin) * 1000.0)
+    return Stages(*(writer.percentile(part, 0.99) for part in parts))
+
+
 @dataclass
 class Rounds:
     a_alone: list[float] = field(default_factory=list)  # A's deliveries/s
@@ -52,6 +89,8 @@ class Rounds:
     b_idle_ms: list[float] = field(default_factory=list)  # B's p99, commit to arrival
     b_busy_ms: list[float] = field(default_factory=list)
     b_busy_events: list[int] = field(default_factory=list)
+    b_idle_stages: list[Stages] = field(default_factory=list)
+    b_busy_stages: list[Stages] = field(default_factory=list)
     b_import_ms: list[float] = field(default_factory=list)  # B's p99 while A's import goes out
     b_import_events: list[int] = field(default_factory=list)
 
@@ -71,8 +110,9 @@ class _Setup:
     def events(self) -> int:
         return self.backlog // A_ENDPOINTS
 
-    def b_p99(self, writes: writer.Writes) -> tuple[float, int]:
-        """B's p99 commit-to-arrival in ms over the events `writes` committed, and how many."""
+    def b_p99(self, writes: writer.Writes) -> tuple[float, int, Stages]:
+        """B's p99 commit-to-arrival in ms over the events `writes` committed, how many, and
+        its stages."""
         expected = len(writes.commits)
 
         def arrived() -> bool:
@@ -80,9 +120,13 @@ class _Setup:
             return self.rx.count([B_PORT]) >= expected
 
         wait_for(arrived, drain.drain_timeout(expected), f"B's {expected} deliveries")
-        timed = writer.arrivals(writes.commits, self.rx.records(), self.db.event_contacts())
+        records, contacts = self.rx.records(), self.db.event_contacts()
+        timed = writer.arrivals(writes.commits, records, contacts)
         latencies = [lat * 1000.0 for _, lat in timed]
-        return writer.percentile(latencies, 0.99), len(latencies)
+        committed = {contact for contact, _ in writes.commits}
+        measured = {event_id for event_id, contact in contacts.items() if contact in committed}
+        path = stages(self.db.account_path(str(B)), records, measured)
+        return writer.percentile(latencies, 0.99), len(latencies), path
 
     def backlog_due(self) -> None:
         """A's backlog: events of account A fanned out to its endpoints, the relay woken."""
@@ -97,16 +141,16 @@ class _Setup:
         )  # fmt: skip
 
 
-def _b_alone(setup: _Setup, seconds: float, label: str) -> float:
+def _b_alone(setup: _Setup, seconds: float, label: str) -> tuple[float, Stages]:
     setup.rx.reset()
     setup.rx.record(on=True)
     setup.rx.records()
     writes = writer.paced(
         setup.url, B_RATE, seconds, progress=setup.progress, label=label, account=B
     )
-    p99, _ = setup.b_p99(writes)
+    p99, _, path = setup.b_p99(writes)
     setup.rx.record(on=False)
-    return p99
+    return p99, path
 
 
 class _BWriter:
@@ -137,7 +181,7 @@ class _BWriter:
         return self.writes[0]
 
 
-def _a_beside_b(setup: _Setup, seconds: float, label: str) -> tuple[float, float, int]:
+def _a_beside_b(setup: _Setup, seconds: float, label: str) -> tuple[float, float, int, Stages]:
     """A's drain while B writes for `seconds` from its start: A's rate, B's p99 over the events
     committed while A's deliveries were arriving, and how many those were."""
     setup.rx.record(on=True)
@@ -156,9 +200,9 @@ def _a_beside_b(setup: _Setup, seconds: float, label: str) -> tuple[float, float
             if busy.window.first <= at <= busy.window.last
         ]
     )
-    p99, count = setup.b_p99(during)
+    p99, count, path = setup.b_p99(during)
     setup.rx.record(on=False)
-    return busy.rate, p99, count
+    return busy.rate, p99, count, path
 
 
 def _b_beside_import(setup: _Setup, rows: int, seconds: float, label: str) -> tuple[float, int]:
@@ -174,7 +218,7 @@ def _b_beside_import(setup: _Setup, rows: int, seconds: float, label: str) -> tu
     setup.db.import_contacts(rows, account=A)
     imported = time.time()
     after = writer.Writes(commits=[(c, at) for c, at in b.done().commits if at >= imported])
-    p99, count = setup.b_p99(after)
+    p99, count, _ = setup.b_p99(after)
     setup.rx.record(on=False)
     # Emptying the outbox under a fan-out step can deadlock with it (TRUNCATE takes the tables
     # one by one): with A's endpoints off, the import's last parts go by writing nothing.
@@ -205,16 +249,18 @@ def measure(
             setup = _Setup(url, db, rx, relay, progress, backlog)
             for index in range(rounds):
                 label = f"round {index + 1}/{rounds}"
-                idle = _b_alone(setup, idle_seconds, f"B alone, {label}")
+                idle, path = _b_alone(setup, idle_seconds, f"B alone, {label}")
                 got.b_idle_ms.append(idle)
+                got.b_idle_stages.append(path)
                 progress.step(f"{label}, B alone: p99 {idle:,.1f} ms")
                 alone = setup.a_drain(f"A alone, {label}", setup.backlog_due)
                 got.a_alone.append(alone.rate)
                 progress.step(f"{label}, A alone: {alone.rate:,.0f}/s")
                 # B writes for as long as A's drain took alone, starting with it.
                 span = max(1.0, alone.window.last - alone.window.first)
-                rate, p99, count = _a_beside_b(setup, span, f"A beside B, {label}")
+                rate, p99, count, path = _a_beside_b(setup, span, f"A beside B, {label}")
                 got.a_beside_b.append(rate)
+                got.b_busy_stages.append(path)
                 got.b_busy_ms.append(p99)
                 got.b_busy_events.append(count)
                 progress.step(
@@ -249,6 +295,11 @@ def _report(
         "b_p99_ms_a_draining": b_busy,
         "b_p99_ratio": p99_ratio,
         "b_events_measured_per_round": int(median([float(n) for n in got.b_busy_events])),
+        **{
+            f"b_{stage}_p99_ms_{when}": median([getattr(s, stage) for s in kept])
+            for when, kept in (("a_idle", got.b_idle_stages), ("a_draining", got.b_busy_stages))
+            for stage in STAGES
+        },
         "b_p99_ms_a_importing": median(got.b_import_ms),
         "b_events_measured_importing": int(median([float(n) for n in got.b_import_events])),
     }
@@ -264,6 +315,8 @@ def _report(
         f"each of {rounds} rounds: B alone for {idle_seconds:g} s, A's drain alone, A's drain "
         "again with B writing; B's p99 over the events it committed during A's drain; medians of "
         "per-round ratios",
+        "B's stages (p99s, ms): fan_out from its event's transaction to its delivery written, "
+        "claim to its first attempt's start, send to its arrival at the receiver",
         f"import: A inserts {IMPORT_ROWS:,} contacts in one statement "
         f"({IMPORT_ROWS * A_ENDPOINTS:,} deliveries) while B writes for {IMPORT_SECONDS:g} s; "
         "B's p99 over the events it committed after the import did",

@@ -5,6 +5,7 @@ looks at how fast anything was or whether a target was met."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support import env_without_outbox, outbox_cmd
 
-from outbox.bench import SCENARIOS, soak
+from outbox.bench import SCENARIOS, fairness, soak
 from outbox.bench.harness import Target, interleave, rotate
 from outbox.bench.writer import arrivals, percentile
 from outbox.commands.bench import ALL_SOAK_MINUTES
@@ -117,6 +118,12 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
         figures = report["figures"]
         assert figures["failing_attempts"] >= figures["rounds"]
         assert figures["failing_records_held"] == figures["rounds"] * figures["updates_per_record"]
+    if scenario == "accounts":  # B's path told in stages, each a time in ms
+        for stage in fairness.STAGES:
+            assert report["figures"][f"b_{stage}_p99_ms_a_idle"] >= 0, stage
+            # A's quick drain is over in a moment: B may have had no event inside it.
+            busy = report["figures"][f"b_{stage}_p99_ms_a_draining"]
+            assert busy is None or busy >= 0, stage
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs
         assert report["targets"]["dead_tuples_growth"]["value"] is None
         assert any("dead-tuple growth not judged" in note for note in report["notes"])
@@ -211,6 +218,23 @@ def test_arrivals_match_events_to_commits_by_contact_and_keep_first_arrival() ->
     found = arrivals(commits, records, {"evt_a": 1, "evt_b": 2})
 
     assert found == [(100.0, 0.25), (100.5, 0.25)]
+
+
+def test_stages_split_each_measured_event_at_its_delivery_written_and_its_first_start() -> None:
+    path = [
+        ("evt_a", 10.0, 10.002, 10.005),  # fan-out 2 ms, claim 3 ms, send 1 ms
+        ("evt_b", 11.0, 11.004, 11.010),  # 4, 6, 5
+        ("evt_c", 12.0, 12.001, None),  # not attempted yet: left out
+        ("evt_d", 13.0, 13.5, 13.6),  # not among those measured: left out
+    ]
+    records = [("evt_a", 10.006), ("evt_b", 11.015), ("evt_a", 12.0), ("evt_d", 13.7)]
+
+    got = fairness.stages(path, records, {"evt_a", "evt_b", "evt_c"})
+
+    assert got.fan_out == pytest.approx(4.0)
+    assert got.claim == pytest.approx(6.0)
+    assert got.send == pytest.approx(5.0)  # evt_a's first arrival, not its second
+    assert math.isnan(fairness.stages(path, [], {"evt_a"}).send)  # nothing arrived
 
 
 def test_soak_windows_take_whole_windows_of_commits_after_the_start() -> None:
