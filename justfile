@@ -10,13 +10,15 @@ default:
     @just --list
 
 # run the test suite (DATABASE_URL if set, else an embedded PostgreSQL)
+[positional-arguments]
 test *args:
-    python -m pytest {{args}}
+    python -m pytest "$@"
 
-# run the suite against the machine's PostgreSQL and then the embedded one, as CI does
+# run the suite against the machine's PostgreSQL and then the embedded one
+[positional-arguments]
 test-both *args:
-    DATABASE_URL="${LOCAL_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}" python -m pytest {{args}}
-    env -u DATABASE_URL python -m pytest {{args}}
+    DATABASE_URL="${LOCAL_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}" python -m pytest "$@"
+    env -u DATABASE_URL python -m pytest "$@"
 
 # static checks: ruff lint, ruff format check, mypy strict
 lint:
