@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from outbox.bench import drain, writer
 from outbox.bench.harness import (
@@ -46,9 +46,6 @@ P99_RATIO_TARGET = 3.0
 DRAIN_RATIO_TARGET = 0.90
 
 
-STAGES = ("fan_out", "claim", "send")
-
-
 @dataclass(frozen=True)
 class Stages:
     """B's path in three stages, each the p99 in ms over the measured events: from the event's
@@ -60,6 +57,9 @@ class Stages:
     send: float
 
 
+STAGES = tuple(f.name for f in fields(Stages))
+
+
 def stages(
     path: list[tuple[str, float, float, float | None]],
     records: list[tuple[str, float]],
@@ -67,9 +67,7 @@ def stages(
 ) -> Stages:
     """`Stages` over the events in `measured`, from `BenchDb.account_path` and the receiver's
     (event id, arrival) records; an event not yet attempted or not arrived is left out."""
-    first: dict[str, float] = {}
-    for event_id, at in records:
-        first.setdefault(event_id, at)
+    first = writer.first_arrivals(records)
     parts: tuple[list[float], list[float], list[float]] = ([], [], [])
     for event_id, made, written, started in path:
         arrived = first.get(event_id)

@@ -97,6 +97,14 @@ def shortfall(writes: Writes, rate: float) -> list[str]:
     ]
 
 
+def first_arrivals(records: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Each event id's first arrival among the receiver's (event id, arrival) records."""
+    first: dict[str, float] = {}
+    for event_id, at in records:
+        first.setdefault(event_id, at)
+    return first
+
+
 def arrivals(
     commits: Sequence[tuple[int, float]],
     records: Sequence[tuple[str, float]],
@@ -108,12 +116,8 @@ def arrivals(
     contact raised.
     """
     committed = dict(commits)
-    first: dict[str, float] = {}
-    for event_id, at in records:
-        if event_id not in first:
-            first[event_id] = at
     found = []
-    for event_id, at in first.items():
+    for event_id, at in first_arrivals(records).items():
         when = committed.get(event_contacts.get(event_id, -1))
         if when is not None:
             found.append((when, at - when))
