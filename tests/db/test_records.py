@@ -181,6 +181,25 @@ def test_an_attached_tables_events_name_its_rows(conn: Conn) -> None:
     ]
 
 
+def test_one_step_numbers_records_it_knows_and_new_ones_alike(conn: Conn) -> None:
+    """A step bumps the records it has numbered before and inserts the others, in one statement:
+    both kinds in one transaction, each counted on."""
+    known = add_deal(conn)
+    fan_out(conn)
+    with conn.transaction():
+        conn.execute("update stover.deals set stage = 'qualified' where id = %s", [known])
+        new = add_deal(conn, "New")
+        conn.execute("update stover.deals set stage = 'proposal' where id = %s", [new])
+    fan_out(conn)
+    by_key: dict[str, list[int]] = {}
+    for _, key, sequence in numbered(conn):
+        by_key.setdefault(key, []).append(sequence)
+    assert by_key[f"deals:{known}"] == [1, 2, 3]
+    assert by_key[f"deals:{new}"] == [1, 2, 3]
+    counters = dict(conn.execute("select key, sequence from outbox.records").fetchall())
+    assert counters == {f"deals:{known}": 3, f"deals:{new}": 3}
+
+
 def test_numbers_keep_counting_after_a_records_events_are_pruned(conn: Conn) -> None:
     deal = add_deal(conn)
     fan_out(conn)
