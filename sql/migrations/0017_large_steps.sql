@@ -9,12 +9,16 @@
 --   either, one step at a time under the cursor's lock, and a step numbers each event once:
 --   ON CONFLICT's speculative insertion doubled the cost of both inserts).
 -- - fan_out, parts: a twentieth of a step instead of a fifth; a part's events read in id order
---   and joined to their numbers by a probe each (the events' ids are "C", event_records' key is
---   the database's collation: with neither named, no index could serve the join).
+--   and joined to their numbers by a probe of event_records' key each.
+-- - event_records.event_id collated "C", as every other id is: compared with the events' ids, a
+--   key in the database's collation could not use its index at all, so a part's numbers, a
+--   replay's and the pruning trigger's deletes each read the whole table. Rebuilds its index.
 -- - Bitmap scans off and work_mem 32MB for the step: with an import's statistics not yet
 --   gathered, the planner read a whole imported transaction through a bitmap scan and sorted it
 --   to take a part's first rows (340 ms for 100k events instead of a few), and a 100k-event
 --   step's sorts spilled to disk.
+
+alter table outbox.event_records alter column event_id type text collate "C";
 
 create or replace function outbox.events_between(prev pg_snapshot, upto pg_snapshot)
 returns table (id text, type text, created_at timestamptz, account_id text, subject text,
@@ -222,12 +226,11 @@ begin
                 limit part_events
             ) e
             left join lateral (
-                -- A probe of the primary key per event: the key's collation is the database's,
-                -- the events' ids are "C" (with neither named, no index serves the comparison),
-                -- and OFFSET 0 keeps the planner from a hash join over every row of the table.
+                -- A probe of the primary key per event: OFFSET 0 keeps the planner from a hash
+                -- join over every row of the table.
                 select r.record, r.sequence
                 from outbox.event_records r
-                where r.event_id = e.id collate "default"
+                where r.event_id = e.id
                 offset 0
             ) r on true
         )

@@ -246,8 +246,7 @@ created as (
     select m.id, %(endpoint_id)s::text, %(account_id)s::text, r.record, r.sequence,
            %(ordered)s::boolean and r.record is not null
     from matching m
-    -- collated as the key (the events' ids are "C"), so that its index serves the join
-    left join outbox.event_records r on r.event_id = m.id collate "default"
+    left join outbox.event_records r on r.event_id = m.id
     where not exists (select 1 from existing x where x.event_id = m.id)
     on conflict (event_id, endpoint_id) do nothing
     returning id

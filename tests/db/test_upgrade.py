@@ -206,3 +206,78 @@ def test_an_upgrade_to_the_input_rules_keeps_rows_written_under_looser_ones(
     assert relayed["claimed"] == 0
     assert due is not None
     assert due > 1e9
+
+
+def test_an_upgrade_during_an_import_in_parts_keeps_its_numbers_and_pending_work(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """0017 rebuilds event_records' key in another collation while a large transaction is half
+    fanned out: the parts after it carry the numbers given before, every event gets exactly one
+    delivery, and the deliveries pending or retrying stay as they were."""
+    migrate.migrate(empty_db_url, folder=_migrations_up_to(tmp_path, 16))
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into outbox.endpoints (url, event_types) values ('http://127.0.0.1:9/', '{*}')"
+        )
+        conn.execute("insert into stover.contacts (first_name) values ('before')")
+        conn.execute(
+            "insert into stover.contacts (first_name)"
+            " select 'c' || g from generate_series(1, 100) g"
+        )
+
+        def step() -> tuple[int, int, bool]:
+            row = conn.execute("select events, deliveries, more from outbox.fan_out(40)").fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1]), bool(row[2])
+
+        assert step() == (1, 1, True)  # the single row; the import is numbered by the next step
+        assert step() == (0, 0, True)
+        assert step() == (8, 8, True)  # under 0016, a fifth of a step
+        conn.execute(
+            "update outbox.deliveries set attempts = 1, last_status_code = 500,"
+            " next_attempt_at = now() + interval '1 hour' where id = (select min(id) from"
+            " outbox.deliveries)"
+        )
+        numbers = conn.execute(
+            "select event_id, record, sequence from outbox.event_records"
+        ).fetchall()
+        pending = conn.execute(
+            "select id, event_id, attempts, next_attempt_at from outbox.deliveries order by id"
+        ).fetchall()
+        assert len(numbers) == 101
+
+        migrate.migrate(empty_db_url)
+
+        collation = conn.execute(
+            "select collation_name from information_schema.columns"
+            " where table_schema = 'outbox' and table_name = 'event_records'"
+            " and column_name = 'event_id'"
+        ).fetchone()
+        assert collation == ("C",)
+        assert sorted(
+            conn.execute("select event_id, record, sequence from outbox.event_records").fetchall()
+        ) == sorted(numbers)
+        assert (
+            conn.execute(
+                "select id, event_id, attempts, next_attempt_at from outbox.deliveries"
+                " where id <= %s order by id",
+                [pending[-1][0]],
+            ).fetchall()
+            == pending
+        )
+        taken = [step()]
+        while taken[-1][2]:
+            taken.append(step())
+            assert len(taken) < 100, "fan-out never finished"
+        assert all(t[:2] == (2, 2) for t in taken[:-1])  # now a twentieth of a step
+        assert sum(t[0] for t in taken) == 100 - 8
+        per_event = conn.execute(
+            "select count(*), count(distinct event_id) from outbox.deliveries"
+        ).fetchone()
+        assert per_event == (101, 101)
+        # Every delivery carries the number its event was given before the upgrade.
+        mismatched = conn.execute(
+            "select count(*) from outbox.deliveries d join outbox.event_records r"
+            " on r.event_id = d.event_id where (d.record, d.sequence) <> (r.record, r.sequence)"
+        ).fetchone()
+        assert mismatched == (0,)
