@@ -4,6 +4,8 @@ ending it (delivered or failed) makes the next one due."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -301,3 +303,60 @@ def test_a_second_table_of_the_same_name_keys_its_records_with_its_schema(conn: 
     keys = {(t, k) for t, k, _ in numbered(conn)}
     stover_id = scalar(conn, "select max(id) from stover.deals")
     assert keys == {("sale.created", "public.deals:1"), ("deal.created", f"deals:{stover_id}")}
+
+
+def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def rows_handled(node: dict[str, Any]) -> int:
+    """The rows a plan node produced and threw away over all its loops (EXPLAIN's removed-row
+    counts are totals already; its actual rows are a mean per loop)."""
+    produced = node.get("Actual Rows", 0) * node.get("Actual Loops", 0)
+    removed = node.get("Rows Removed by Filter", 0) + node.get("Rows Removed by Join Filter", 0)
+    return int(produced + removed)
+
+
+def test_a_step_of_known_records_handles_each_record_a_bounded_number_of_times(conn: Conn) -> None:
+    """Numbering looks each record up by its key, never against the step's other records: every
+    node of the step's plans handles a number of rows in proportion to the step's events. Read
+    from the executed plans (auto_explain), so the check does not depend on the machine's speed.
+    """
+    records = 400
+    insert = (
+        "insert into outbox.events (type, data, record)"
+        " select 'contact.updated', '{}', 'contacts:' || g from generate_series(1, %s) g"
+    )
+    add_endpoint(conn, ordered=False)
+    conn.execute(insert, [records])
+    fan_out(conn)  # the records are known from here on
+    conn.execute(insert, [records])
+    try:
+        conn.execute("load 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        pytest.skip("this server has no auto_explain module")
+    plans: list[dict[str, Any]] = []
+
+    def keep_plan(notice: psycopg.errors.Diagnostic) -> None:
+        text = notice.message_primary or ""
+        if "plan:" in text:
+            plans.append(json.loads(text.split("plan:", 1)[1]))
+
+    conn.add_notice_handler(keep_plan)
+    for name, value in [
+        ("log_min_duration", "0"),
+        ("log_nested_statements", "on"),
+        ("log_analyze", "on"),
+        ("log_format", "json"),
+        ("log_level", "notice"),
+    ]:
+        conn.execute(f"set auto_explain.{name} = {value}")
+    conn.execute("set client_min_messages = notice")
+    conn.execute("select outbox.fan_out(10000)")
+    conn.execute("reset auto_explain.log_min_duration")
+    assert plans, "auto_explain logged no plan"
+    handled = max(rows_handled(node) for p in plans for node in plan_nodes(p["Plan"]))
+    assert handled <= 4 * records
+    assert [s for _, key, s in numbered(conn) if key == "contacts:1"] == [1, 2]
