@@ -1,6 +1,7 @@
-"""The baselines: a bare HTTP client (aiohttp or pyreqwest) in its own process, POSTing prepared
-requests at a fixed concurrency. Run as `python -m outbox.bench.client SPEC.json`; prints one JSON
-line of results."""
+"""The baselines, each in its own process at a fixed concurrency: a bare HTTP client (aiohttp or
+pyreqwest) POSTing prepared requests, and the contract floor, the least a sender can do per
+delivery and keep the delivery lines of the contract (`floor`). Run as `python -m
+outbox.bench.client SPEC.json`; prints one JSON line of results."""
 
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ import json
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pyreqwest.client import ClientBuilder
+import orjson
+import psycopg
+from pyreqwest.client import Client, ClientBuilder
 
 from outbox import payload, signing
 from outbox.db.benchdb import EventRow
 from outbox.errors import OutboxError
 from outbox.signing import USER_AGENT
+from outbox.sqlfiles import queries
 
-ENGINES = ("aiohttp", "pyreqwest")
+ENGINES = ("aiohttp", "pyreqwest", "floor")
+Q = queries("bench")
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,24 @@ def run_client(
 
 
 async def _post_all(spec: dict[str, Any]) -> ClientResult:
+    if spec["engine"] == "floor":
+        return await _drain_floor(spec)
     if spec["engine"] == "pyreqwest":
         return await _post_all_pyreqwest(spec)
     return await _post_all_aiohttp(spec)
+
+
+def _pyreqwest_client() -> Client:
+    return (
+        ClientBuilder()
+        .timeout(timedelta(seconds=30.0))
+        .pool_idle_timeout(timedelta(seconds=4.0))
+        .gzip(False)
+        .brotli(False)
+        .zstd(False)
+        .deflate(False)
+        .build()
+    )
 
 
 async def _post_all_aiohttp(spec: dict[str, Any]) -> ClientResult:
@@ -121,16 +142,7 @@ async def _post_all_pyreqwest(spec: dict[str, Any]) -> ClientResult:
     requests = [(body.encode(), headers) for body, headers in spec["requests"]]
     ok = 0
     counter = itertools.count()
-    client = (
-        ClientBuilder()
-        .timeout(timedelta(seconds=30.0))
-        .pool_idle_timeout(timedelta(seconds=4.0))
-        .gzip(False)
-        .brotli(False)
-        .zstd(False)
-        .deflate(False)
-        .build()
-    )
+    client = _pyreqwest_client()
     async with client:
 
         async def worker() -> None:
@@ -144,6 +156,123 @@ async def _post_all_pyreqwest(spec: dict[str, Any]) -> ClientResult:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return ClientResult(count, ok, time.perf_counter() - started, time.process_time() - cpu)
+
+
+class _Floor:
+    """The contract floor: pyreqwest as bare, plus only what the contract's delivery lines cost.
+    Due deliveries claimed in batches under a lease with FOR UPDATE SKIP LOCKED, each body
+    rendered and signed twice at send time, and each attempt recorded as an attempts row with its
+    delivery updated beside it, a batch per statement. Nothing else: no fairness, no caps, no
+    retry ladder or breaker, no metrics, no logs (sql/queries/bench.sql)."""
+
+    def __init__(self, spec: dict[str, Any], claims: Any, records: Any, client: Client) -> None:
+        self.count: int = spec["count"]
+        self.concurrency: int = spec["concurrency"]
+        self.batch: int = spec["batch"]
+        self.claims, self.records, self.client = claims, records, client
+        self.claimed = self.finished = self.ok = 0
+        self.queue: deque[tuple[Any, ...] | None] = deque()
+        self.waiting: deque[asyncio.Future[tuple[Any, ...] | None]] = deque()
+        self.outcomes: list[list[Any]] = []
+        self.room = asyncio.Event()
+        self.full = asyncio.Event()
+
+    async def claim_all(self) -> None:
+        while self.claimed < self.count:
+            free = self.concurrency - (self.claimed - self.finished)
+            if free < min(self.batch, self.count - self.claimed):
+                self.room.clear()
+                await self.room.wait()
+                continue
+            cursor = await self.claims.execute(Q["bench_floor_claim"], {"limit": free})
+            rows = await cursor.fetchall()
+            if not rows:
+                await asyncio.sleep(0.002)
+                continue
+            self.claimed += len(rows)
+            for row in rows:
+                if self.waiting:
+                    self.waiting.popleft().set_result(row)
+                else:
+                    self.queue.append(row)
+        for _ in range(self.concurrency):
+            if self.waiting:
+                self.waiting.popleft().set_result(None)
+            else:
+                self.queue.append(None)
+
+    async def work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            row: tuple[Any, ...] | None
+            if self.queue:
+                row = self.queue.popleft()
+            else:
+                waiter: asyncio.Future[tuple[Any, ...] | None] = loop.create_future()
+                self.waiting.append(waiter)
+                row = await waiter
+            if row is None:
+                return
+            (delivery_id, lease, attempts, url, secret, event_id, event_type, created_at, data,
+             previous, record, sequence) = row  # fmt: skip
+            body = payload.render_event(
+                event_id, event_type, created_at, data, previous, record=record, sequence=sequence
+            )
+            started = datetime.now(UTC)
+            headers = signing.delivery_headers(
+                secret=secret,
+                event_id=event_id,
+                event_type=event_type,
+                delivery_id=str(delivery_id),
+                attempt=attempts + 1,
+                body=body,
+                timestamp=int(started.timestamp()),
+                user_agent=USER_AGENT,
+            )
+            clock = time.perf_counter()
+            request = self.client.post(url).headers(headers).body_bytes(body).build_streamed()
+            async with request as response:
+                status = response.status
+                length = response.get_header("content-length")
+                if length is not None and length.isdigit() and int(length) <= 65536:
+                    await response.bytes()  # else the connection is dropped unread
+            elapsed_ms = (time.perf_counter() - clock) * 1000.0
+            self.ok += 200 <= status < 300
+            self.outcomes.append([delivery_id, lease, attempts + 1, started, elapsed_ms, status])
+            self.finished += 1
+            self.room.set()
+            if len(self.outcomes) >= self.batch:
+                self.full.set()
+
+    async def record_all(self, workers: asyncio.Future[Any]) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.full.wait(), 0.01)
+            self.full.clear()
+            if self.outcomes:
+                batch, self.outcomes = self.outcomes, []
+                await self.records.execute(
+                    Q["bench_floor_record"], {"outcomes": orjson.dumps(batch).decode()}
+                )
+            elif workers.done():
+                return
+
+
+async def _drain_floor(spec: dict[str, Any]) -> ClientResult:
+    url: str = spec["database_url"]
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as claims,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as records,
+        _pyreqwest_client() as client,
+    ):
+        floor = _Floor(spec, claims, records, client)
+        cpu = time.process_time()
+        started = time.perf_counter()
+        workers = asyncio.gather(*(floor.work() for _ in range(floor.concurrency)))
+        await asyncio.gather(floor.claim_all(), workers, floor.record_all(workers))
+        return ClientResult(
+            floor.count, floor.ok, time.perf_counter() - started, time.process_time() - cpu
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,6 @@
 """`deliver`: how fast one relay process drains due deliveries, beside bare aiohttp and pyreqwest
-clients."""
+clients and the contract floor (the least a sender can do per delivery and keep the contract's
+delivery lines: `client._Floor`), each round of it draining a database of its own."""
 
 from __future__ import annotations
 
@@ -46,8 +47,15 @@ def run(bench: Bench) -> Report:
     # the concurrency the client gets too.
     concurrency = min(Options().concurrency, Options().per_endpoint)
     progress = Progress("deliver")
-    with bench.database("deliver") as url, BenchDb(url) as db, Receiver() as rx:
+    with (
+        bench.database("deliver") as url,
+        BenchDb(url) as db,
+        bench.database("deliver_floor") as floor_url,
+        BenchDb(floor_url) as floor_db,
+        Receiver() as rx,
+    ):
         db.add_endpoint(rx.url())
+        floor_db.add_endpoint(rx.url())
         spec: dict[str, Any] = {}
         receiver_cpu: list[float] = []
         with bench.relay(url) as relay:
@@ -74,11 +82,25 @@ def run(bench: Bench) -> Report:
 
                 return run_round
 
-            relay_rounds, aiohttp_rounds, pyreqwest_rounds = rotate(
-                rounds, [ours, bare("aiohttp"), bare("pyreqwest")]
+            def floor(index: int) -> drain.Round:
+                rx.reset()
+                floor_db.insert_events(chunk)  # fanned out; no relay runs on this database
+                floor_spec = {"database_url": floor_url, "count": chunk, "batch": Options().batch}
+                floor_spec["concurrency"] = concurrency
+                result = client.run_client(
+                    floor_spec, "floor", bench.workdir, bench.child_env(floor_url)
+                )
+                done = drain.Round(rx.window(), result.cpu_s)
+                progress.step(f"contract floor round {index + 1}: {done.rate:,.0f}/s")
+                return done
+
+            relay_rounds, aiohttp_rounds, pyreqwest_rounds, floor_rounds = rotate(
+                rounds, [ours, bare("aiohttp"), bare("pyreqwest"), floor]
             )
             _, peak = relay.memory()
         counts = db.status_counts()
+        floor_counts = floor_db.status_counts()
+        floor_attempts = floor_db.attempts_count()
         rates = [r.rate for r in relay_rounds]
         cpu = median([r.cpu_us for r in relay_rounds])
         bare_rates = {
@@ -92,7 +114,9 @@ def run(bench: Bench) -> Report:
         fastest = max(bare_rates, key=lambda engine: median(bare_rates[engine]))
         to_aiohttp = ratio(rates, bare_rates["aiohttp"])
         to_pyreqwest = ratio(rates, bare_rates["pyreqwest"])
-        cpu_to_aiohttp = ratio([r.cpu_us for r in relay_rounds], [r.cpu_us for r in aiohttp_rounds])
+        relay_cpu = [r.cpu_us for r in relay_rounds]
+        floor_cpu = [r.cpu_us for r in floor_rounds]
+        cpu_to_aiohttp = ratio(relay_cpu, [r.cpu_us for r in aiohttp_rounds])
         figures: dict[str, float | int | str] = {
             "deliveries": chunk * rounds,
             "rounds": rounds,
@@ -113,6 +137,16 @@ def run(bench: Bench) -> Report:
             "relay_rss_mb": peak,
             "recorded_delivered": counts.get("delivered", 0),
             "left_pending": counts.get("pending", 0),
+            "floor_per_s": median([r.rate for r in floor_rounds]),
+            "floor_ratio_to_aiohttp": ratio([r.rate for r in floor_rounds], bare_rates["aiohttp"]),
+            "floor_ratio_to_pyreqwest": ratio(
+                [r.rate for r in floor_rounds], bare_rates["pyreqwest"]
+            ),
+            "floor_cpu_us_per_delivery": median(floor_cpu),
+            "floor_cpu_ratio_to_aiohttp": ratio(floor_cpu, [r.cpu_us for r in aiohttp_rounds]),
+            "relay_cpu_ratio_to_floor": ratio(relay_cpu, floor_cpu),
+            "floor_recorded_delivered": floor_counts.get("delivered", 0),
+            "floor_attempts": floor_attempts,
         }
         targets = {
             "deliveries_per_s": at_least(median(rates), 2500),
@@ -127,6 +161,10 @@ def run(bench: Bench) -> Report:
             "round's ratios",
             "rates are first-to-last arrival at the receiver; the relay is idle and woken by "
             "the burst's NOTIFY; recording outcomes finishes before the next round starts",
+            "the contract floor: bare pyreqwest plus only what the contract's delivery lines "
+            "cost (claimed under a lease with FOR UPDATE SKIP LOCKED, rendered and signed twice "
+            "at send time, each attempt a row of outbox.attempts with its delivery updated), in "
+            "batches of the relay's claim size, on a database of its own",
         ]
         return bench.report(
             db,

@@ -220,6 +220,9 @@ class BenchDb:
         name = "bench_pending_enabled_count" if enabled_only else "bench_pending_count"
         return int(self._value(name))
 
+    def attempts_count(self) -> int:
+        return int(self._value("bench_attempts_count"))
+
     def status_counts(self) -> dict[str, int]:
         rows = self.conn.execute(Q["bench_status_counts"]).fetchall()
         return {str(status): int(count) for status, count in rows}

@@ -311,3 +311,59 @@ update outbox.endpoints set ordered = %(ordered)s::boolean where id = %(id)s::te
 -- Pending deliveries other than those of the records named (the ones failing on purpose).
 select count(*) from outbox.deliveries
 where status = 'pending' and record <> all (%(records)s::text[]);
+
+-- name: bench_floor_claim
+-- The contract floor's claim (`outbox bench deliver`): the least a sender can claim by and still
+-- deliver at least once whoever dies: due rows taken with FOR UPDATE SKIP LOCKED under a lease
+-- (the due time moved past now, its value the token an outcome must match), with what the
+-- request needs. No fairness, no per-endpoint caps, no rate limits, no ordering.
+with async_commit as materialized (
+    select set_config('synchronous_commit', 'off', true)
+),
+due as (
+    select d.id
+    from outbox.deliveries d
+    where d.status = 'pending' and d.next_attempt_at <= now()
+    order by d.next_attempt_at
+    limit %(limit)s::integer
+    for update skip locked
+)
+update outbox.deliveries d
+set next_attempt_at = now() + interval '45 seconds'
+from due, outbox.events e, outbox.endpoints ep, async_commit
+where d.id = due.id and e.id = d.event_id and ep.id = d.endpoint_id
+returning d.id, d.next_attempt_at::text, d.attempts, ep.url, ep.secret,
+          e.id, e.type, e.created_at, e.data::text, e.previous_attributes::text,
+          d.record, d.sequence;
+
+-- name: bench_floor_record
+-- The contract floor's record: each attempt a row of outbox.attempts and its delivery's row
+-- updated beside it (status, attempts, last attempt), in one statement per batch; an outcome
+-- whose lease no longer matches is dropped. %(outcomes)s: a JSON array of
+-- [delivery id, lease, attempt, started_at, duration_ms, status_code].
+with outcome as (
+    select (o ->> 0)::bigint as id, (o ->> 1)::timestamptz as lease, (o ->> 2)::integer as attempt,
+           (o ->> 3)::timestamptz as started_at, (o ->> 4)::float8 as duration_ms,
+           (o ->> 5)::integer as status_code
+    from json_array_elements(%(outcomes)s::json) o
+),
+recorded as (
+    update outbox.deliveries d
+    set status = case when o.status_code between 200 and 299 then 'delivered' else 'pending' end,
+        attempts = o.attempt,
+        next_attempt_at = case when o.status_code between 200 and 299 then null
+                               else now() + interval '1 minute' end,
+        last_attempt_at = o.started_at,
+        last_status_code = o.status_code,
+        delivered_at = case when o.status_code between 200 and 299 then now() end
+    from outcome o
+    where d.id = o.id and d.status = 'pending' and d.next_attempt_at = o.lease
+    returning d.id
+)
+insert into outbox.attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+select o.id, o.attempt, o.started_at, o.duration_ms, o.status_code
+from outcome o
+join recorded r on r.id = o.id;
+
+-- name: bench_attempts_count
+select count(*) from outbox.attempts;

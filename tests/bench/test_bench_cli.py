@@ -114,6 +114,11 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
             assert report["figures"][f"{case}_ratio_no_account"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
+    if scenario == "deliver":  # the contract floor delivered and recorded every one of its own
+        figures = report["figures"]
+        assert figures["floor_recorded_delivered"] == figures["deliveries"]
+        assert figures["floor_attempts"] == figures["deliveries"]
+        assert figures["floor_cpu_us_per_delivery"] > 0
     if scenario == "ordering":  # each failing record's first delivery failed; the rest wait
         figures = report["figures"]
         assert figures["failing_attempts"] >= figures["rounds"]
