@@ -165,6 +165,12 @@ class BenchDb:
         self.fan_out()
         self.wake()
 
+    def insert_deal_updates(self, records: int, *, first: int) -> None:
+        """Commit one deal.updated event each for `records` deals (ids from `first`) in one
+        transaction, leaving them to be fanned out."""
+        params = {"records": records, "updates": 1, "first": first}
+        self.conn.execute(Q["bench_record_events_insert"], params)
+
     def set_ordered(self, endpoint_id: str, *, ordered: bool) -> None:
         self.conn.execute(Q["bench_endpoint_ordered"], {"id": endpoint_id, "ordered": ordered})
 

@@ -114,6 +114,9 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
             assert report["figures"][f"{case}_ratio_no_account"] > 0
     for name, target in report["targets"].items():
         _check_target(name, target)
+    if scenario == "fanout":  # a step of known records' updates beside one of new records'
+        assert report["figures"]["step_ms_new_records"] > 0
+        assert report["figures"]["step_ms_known_records"] > 0
     if scenario == "deliver":  # the contract floor delivered and recorded every one of its own
         figures = report["figures"]
         assert figures["floor_recorded_delivered"] == figures["deliveries"]
