@@ -5,12 +5,19 @@
 -- list for one row and tested membership by a nested loop: every record of the step against
 -- every known one. Steps of new records never showed it; a step of 16,666 updates to known
 -- records took 16 s. Each record now carries a flag from its own probe of the primary key.
+--
+-- The same want of statistics on a new installation let the test for an earlier pending delivery
+-- of a record on an ordered endpoint read all of that endpoint's pending deliveries for each one
+-- (10,000 updates on top of 20,000 pending: 7.3 s); it now asks for the record's first one in
+-- sequence order, which its own index answers.
 
 create or replace function outbox.fan_out(max_events integer default 10000,
                                           out events integer, out deliveries integer,
                                           out more boolean)
 language plpgsql
 set enable_bitmapscan = off
+set enable_sort = off
+set jit = off
 set work_mem = '32MB'
 as $$
 declare
@@ -252,11 +259,18 @@ begin
         -- none sorts nothing here.
         select m.*,
                row_number() over (partition by m.endpoint_id, m.record order by m.sequence) > 1
-               or exists (select 1 from outbox.deliveries d
-                          where d.endpoint_id = m.endpoint_id
-                            and d.record = m.record collate "C"
-                            and d.status = 'pending'
-                            and d.ordered)
+               -- The record's first pending delivery in sequence order, which only
+               -- deliveries_record_idx gives without a sort (sorts are off for the step where
+               -- any other way exists): as EXISTS, a plan made without statistics read every
+               -- pending delivery of the endpoint through deliveries_pending_idx, once per
+               -- ordered delivery.
+               or coalesce((select true from outbox.deliveries d
+                            where d.endpoint_id = m.endpoint_id
+                              and d.record = m.record collate "C"
+                              and d.status = 'pending'
+                              and d.ordered
+                            order by d.sequence
+                            limit 1), false)
         from matched m
         where m.ordered
     ),
