@@ -26,6 +26,7 @@ from pyreqwest.client import Client, ClientBuilder
 from outbox import payload, signing
 from outbox.db.benchdb import EventRow
 from outbox.errors import OutboxError
+from outbox.sender import BODY_READ_LIMIT
 from outbox.signing import USER_AGENT
 from outbox.sqlfiles import queries
 
@@ -165,7 +166,13 @@ class _Floor:
     delivery updated beside it, a batch per statement. Nothing else: no fairness, no caps, no
     retry ladder or breaker, no metrics, no logs (sql/queries/bench.sql)."""
 
-    def __init__(self, spec: dict[str, Any], claims: Any, records: Any, client: Client) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        claims: psycopg.AsyncConnection[Any],
+        records: psycopg.AsyncConnection[Any],
+        client: Client,
+    ) -> None:
         self.count: int = spec["count"]
         self.concurrency: int = spec["concurrency"]
         self.batch: int = spec["batch"]
@@ -234,7 +241,7 @@ class _Floor:
             async with request as response:
                 status = response.status
                 length = response.get_header("content-length")
-                if length is not None and length.isdigit() and int(length) <= 65536:
+                if length is not None and length.isdigit() and int(length) <= BODY_READ_LIMIT:
                     await response.bytes()  # else the connection is dropped unread
             elapsed_ms = (time.perf_counter() - clock) * 1000.0
             self.ok += 200 <= status < 300

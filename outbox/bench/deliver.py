@@ -85,8 +85,12 @@ def run(bench: Bench) -> Report:
             def floor(index: int) -> drain.Round:
                 rx.reset()
                 floor_db.insert_events(chunk)  # fanned out; no relay runs on this database
-                floor_spec = {"database_url": floor_url, "count": chunk, "batch": Options().batch}
-                floor_spec["concurrency"] = concurrency
+                floor_spec = {
+                    "database_url": floor_url,
+                    "count": chunk,
+                    "concurrency": concurrency,
+                    "batch": Options().batch,
+                }
                 result = client.run_client(
                     floor_spec, "floor", bench.workdir, bench.child_env(floor_url)
                 )

@@ -3,9 +3,10 @@
 Capture leaves the deliveries to the relay; this is the relay's share of that work, alone: a
 backlog of events from many committed transactions, ten endpoints subscribed to everything, and
 outbox.fan_out() stepping through it as a relay does, with no relay running and nothing sent.
-Then, each round, one step of a transaction of updates to as many records as a step takes, first
-while the records are new and then again once they are known: numbering costs a probe of each
-record's key either way, so the two steps should take about as long.
+Then, on a database of its own with no statistics yet, each round one step of a transaction of
+updates to as many records as a step takes, first while the records are new and then again once
+they are known: numbering costs a probe of each record's key either way, so the two steps should
+take about as long.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
 -- The same want of statistics on a new installation let the test for an earlier pending delivery
 -- of a record on an ordered endpoint read all of that endpoint's pending deliveries for each one
 -- (10,000 updates on top of 20,000 pending: 7.3 s); it now asks for the record's first one in
--- sequence order, which its own index answers.
+-- sequence order, which its own index answers, with sorts off for the step (as release_next has)
+-- and JIT off (the disabled sorts' cost would have every statement compiled).
 
 create or replace function outbox.fan_out(max_events integer default 10000,
                                           out events integer, out deliveries integer,
