@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from outbox.config import Breaker
 from outbox.db.connect import with_timeout
 from outbox.db.turns import Turns
-from outbox.sqlfiles import queries
+from outbox.sqlfiles import compact, queries
 
 Q = queries("deliveries")
 FAN_OUT = queries("fan_out")
@@ -129,7 +129,7 @@ def claim_statement(walk: bool, limits: bool = False) -> LiteralString:
         if marker not in statement:
             raise RuntimeError(f"sql/queries/deliveries.sql: deliveries_claim has no `{line}` line")
         statement = statement.replace(marker, "\n" + Q[fragment + suffix] + "\n", 1)
-    return statement
+    return compact(statement)
 
 
 CLAIM = {
