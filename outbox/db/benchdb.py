@@ -221,6 +221,11 @@ class BenchDb:
             if not more:
                 return events, deliveries
 
+    def fan_out_floor(self) -> int:
+        """Every committed event's deliveries by one join of events to endpoints by account
+        (bench.sql, bench_fan_out_floor): the deliveries written."""
+        return self.conn.execute(Q["bench_fan_out_floor"]).rowcount
+
     def pending(self, *, enabled_only: bool = False) -> int:
         """Pending deliveries (with `enabled_only`, only those of endpoints switched on)."""
         name = "bench_pending_enabled_count" if enabled_only else "bench_pending_count"

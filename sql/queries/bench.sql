@@ -73,6 +73,21 @@ analyze outbox.endpoints;
 -- One fan-out step of up to %(max_events)s events, as the relay takes them.
 select f.events, f.deliveries, f.more from outbox.fan_out(%(max_events)s::integer) f;
 
+-- name: bench_fan_out_floor
+-- The join floor beside fan-out by account (`outbox bench accounts`): every committed event's
+-- deliveries written by one INSERT ... SELECT, each event joined to the enabled endpoints of its
+-- account whose types match, into outbox.deliveries with all its indexes. Nothing else a fan-out
+-- step does: no cursor or snapshot, no numbering of records, no splitting of large
+-- transactions, no ordered endpoints, no account-less endpoints, no conflict check.
+insert into outbox.deliveries (event_id, endpoint_id, account_id, next_attempt_at)
+select e.id, ep.id, ep.account_id, now()
+from outbox.events e
+join outbox.endpoints ep
+  on ep.account_id = e.account_id
+ and ep.enabled
+ and ep.created_at <= e.created_at
+ and ep.event_types && outbox.type_patterns(e.type);
+
 -- name: bench_pending_count
 -- Walks the partial pending index, so it stays cheap while a backlog drains.
 select count(*) from outbox.deliveries where status = 'pending';

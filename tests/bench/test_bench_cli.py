@@ -126,7 +126,12 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
         figures = report["figures"]
         assert figures["failing_attempts"] >= figures["rounds"]
         assert figures["failing_records_held"] == figures["rounds"] * figures["updates_per_record"]
-    if scenario == "accounts":  # B's path told in stages, each a time in ms
+    if scenario == "accounts":  # the join floor wrote what the steps wrote; B's path in stages
+        figures = report["figures"]
+        assert figures["floor_many_accounts_deliveries"] == figures["many_accounts_deliveries"]
+        assert figures["many_accounts_deliveries"] == 2 * figures["events"]
+        assert figures["floor_many_over_one"] > 0
+        assert figures["floor_many_over_same_width"] > 0
         for stage in fairness.STAGES:
             assert report["figures"][f"b_{stage}_p99_ms_a_idle"] >= 0, stage
             # A's quick drain is over in a moment: B may have had no event inside it.
