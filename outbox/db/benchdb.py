@@ -294,9 +294,10 @@ class BenchDb:
         rows = self.conn.execute(Q["bench_event_contacts"]).fetchall()
         return {str(event_id): int(contact_id) for event_id, contact_id in rows}
 
-    def account_path(self, account: str) -> list[tuple[str, float, float, float | None]]:
-        """Per delivery of `account`: its event's id, when the event's transaction began, when
-        the delivery was written, when its first attempt started (None before one did)."""
+    def account_path(self, account: str | None) -> list[tuple[str, float, float, float | None]]:
+        """Per delivery of `account` (None: the account-less ones): its event's id, when the
+        event's transaction began, when the delivery was written, when its first attempt started
+        (None before one did)."""
         rows = self.conn.execute(Q["bench_account_path"], {"account": account}).fetchall()
         return [
             (str(e), float(m), float(w), None if s is None else float(s)) for e, m, w, s in rows

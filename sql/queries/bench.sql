@@ -231,9 +231,9 @@ from outbox.events e
 where e.type = 'contact.created';
 
 -- name: bench_account_path
--- Where an account's deliveries spent their time, each its event's id and, in seconds since the
--- epoch: its event's transaction began, its delivery was written (the fan-out step's
--- transaction began), its first attempt started.
+-- Where an account's deliveries (%(account)s null: the account-less ones) spent their time, each
+-- its event's id and, in seconds since the epoch: its event's transaction began, its delivery
+-- was written (the fan-out step's transaction began), its first attempt started.
 select e.id,
        extract(epoch from e.created_at)::float8,
        extract(epoch from d.created_at)::float8,
@@ -241,7 +241,7 @@ select e.id,
                            where a.delivery_id = d.id))::float8
 from outbox.deliveries d
 join outbox.events e on e.id = d.event_id
-where d.account_id = %(account)s;
+where d.account_id is not distinct from %(account)s::text;
 
 -- name: bench_event_sample
 -- Events as the relay reads them, to render the same bodies for the baseline client and peer.

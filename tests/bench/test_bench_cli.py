@@ -17,7 +17,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support import env_without_outbox, outbox_cmd
 
-from outbox.bench import SCENARIOS, fairness, soak
+from outbox.bench import SCENARIOS, fairness, latency, soak
 from outbox.bench.harness import Target, interleave, rotate
 from outbox.bench.writer import arrivals, percentile
 from outbox.commands.bench import ALL_SOAK_MINUTES
@@ -137,6 +137,11 @@ def test_quick_run_prints_one_json_report_and_drops_its_database(
             # A's quick drain is over in a moment: B may have had no event inside it.
             busy = report["figures"][f"b_{stage}_p99_ms_a_draining"]
             assert busy is None or busy >= 0, stage
+    if scenario == "latency":  # the way from commit to arrival in stages, each a time in ms
+        for stage in latency.STAGES:
+            assert isinstance(report["figures"][f"{stage}_p50_ms"], float), stage
+        assert report["figures"]["step_to_attempt_p50_ms"] >= 0
+        assert report["figures"]["attempt_to_arrival_p50_ms"] >= 0
     if scenario == "soak":  # seconds long: far short of the autovacuum visits growth needs
         assert report["targets"]["dead_tuples_growth"]["value"] is None
         assert any("dead-tuple growth not judged" in note for note in report["notes"])
@@ -248,6 +253,28 @@ def test_stages_split_each_measured_event_at_its_delivery_written_and_its_first_
     assert got.claim == pytest.approx(6.0)
     assert got.send == pytest.approx(5.0)  # evt_a's first arrival, not its second
     assert math.isnan(fairness.stages(path, [], {"evt_a"}).send)  # nothing arrived
+
+
+def test_latency_stages_run_from_the_writers_commit_and_add_up_to_its_latency() -> None:
+    commits = [(1, 10.0), (2, 11.0), (3, 9.0), (4, 12.0)]
+    contacts = {"evt_a": 1, "evt_b": 2, "evt_c": 3, "evt_d": 4}
+    path = [  # (event, its transaction began, delivery written, first attempt started)
+        ("evt_a", 9.99, 10.002, 10.005),  # commit -> step 2 ms, -> attempt 3 ms, -> arrival 1 ms
+        ("evt_b", 10.99, 10.999, 11.010),  # the step began before the writer read its clock
+        ("evt_c", 8.99, 9.001, 9.002),  # committed before the measured window: left out
+        ("evt_d", 11.99, 12.001, None),  # not attempted yet: left out
+    ]
+    records = [("evt_a", 10.006), ("evt_b", 11.015), ("evt_a", 12.0), ("evt_c", 9.003)]
+
+    got = latency.stages(commits, contacts, path, records, since=9.5)
+
+    assert got["commit_to_step"] == pytest.approx([2.0, -1.0])
+    assert got["step_to_attempt"] == pytest.approx([3.0, 11.0])
+    assert got["attempt_to_arrival"] == pytest.approx([1.0, 5.0])
+    for index, (_, arrived) in enumerate(records[:2]):
+        commit = commits[index][1]
+        total = sum(got[stage][index] for stage in latency.STAGES)
+        assert total == pytest.approx((arrived - commit) * 1000.0)
 
 
 def test_soak_windows_take_whole_windows_of_commits_after_the_start() -> None:
