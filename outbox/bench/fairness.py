@@ -67,16 +67,8 @@ def stages(
 ) -> Stages:
     """`Stages` over the events in `measured`, from `BenchDb.account_path` and the receiver's
     (event id, arrival) records; an event not yet attempted or not arrived is left out."""
-    first = writer.first_arrivals(records)
-    parts: tuple[list[float], list[float], list[float]] = ([], [], [])
-    for event_id, made, written, started in path:
-        arrived = first.get(event_id)
-        if event_id not in measured or started is None or arrived is None:
-            continue
-        for part, (begin, end) in zip(
-            parts, ((made, written), (written, started), (started, arrived)), strict=True
-        ):
-            part.append((end - begin) * 1000.0)
+    begun = {event_id: made for event_id, made, _, _ in path if event_id in measured}
+    parts = writer.stage_times(path, records, begun)
     return Stages(*(writer.percentile(part, 0.99) for part in parts))
 
 

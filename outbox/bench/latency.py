@@ -34,18 +34,12 @@ def stages(
     to the fan-out step that wrote its delivery, to its first attempt's start, to its arrival.
     An event committed before `since`, or not attempted or arrived, is left out."""
     committed = dict(commits)
-    first = writer.first_arrivals(records)
-    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    for event_id, _made, written, started in path:
-        commit = committed.get(contacts.get(event_id, -1))
-        arrived = first.get(event_id)
-        if commit is None or commit < since or started is None or arrived is None:
-            continue
-        for stage, (begin, end) in zip(
-            STAGES, ((commit, written), (written, started), (started, arrived)), strict=True
-        ):
-            times[stage].append((end - begin) * 1000.0)
-    return times
+    begun = {
+        event_id: commit
+        for event_id, contact in contacts.items()
+        if (commit := committed.get(contact)) is not None and commit >= since
+    }
+    return dict(zip(STAGES, writer.stage_times(path, records, begun), strict=True))
 
 
 def run(bench: Bench) -> Report:

@@ -125,6 +125,29 @@ def arrivals(
     return found
 
 
+def stage_times(
+    path: Sequence[tuple[str, float, float, float | None]],
+    records: Sequence[tuple[str, float]],
+    begun: dict[str, float],
+) -> tuple[list[float], list[float], list[float]]:
+    """Each event's way to the receiver in three stages (ms), from `begun[event id]` to its
+    delivery written by a fan-out step, to its first attempt's start, to its first arrival;
+    `path` as BenchDb.account_path gives it. Only the events in `begun` are measured, and of
+    those only the ones attempted and arrived."""
+    first = first_arrivals(records)
+    parts: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for event_id, _made, written, started in path:
+        begin = begun.get(event_id)
+        arrived = first.get(event_id)
+        if begin is None or started is None or arrived is None:
+            continue
+        for part, (start, end) in zip(
+            parts, ((begin, written), (written, started), (started, arrived)), strict=True
+        ):
+            part.append((end - start) * 1000.0)
+    return parts
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The nearest-rank q-quantile (q in 0..1) of `values`; NaN when there are none."""
     if not values:
